@@ -1,0 +1,213 @@
+"""Synthetic captioned scenes for the demo dataset (pure NumPy/PIL, deterministic).
+
+A scene is one or two identical objects (shape, colour, size, style) at a position on a
+background. ``sample_scene(rng, split)`` draws the attributes allowed in a split,
+``render_scene(scene)`` draws the 64x64 RGB image and ``captions(scene, rng)`` writes
+five paraphrased captions that mention the true shape, colour, size and position.
+"""
+from __future__ import annotations
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+IMAGE_SIZE = 64
+_SS = 2  # supersampling factor for antialiased masks
+
+SHAPES = ("circle", "square", "triangle", "diamond", "star", "cross", "hexagon", "crescent")
+COLOURS = ("red", "green", "blue", "yellow", "purple", "orange", "white", "black")
+_COLOUR_RGB = np.array([(220, 30, 30), (30, 160, 50), (35, 70, 225), (240, 215, 30),
+                        (140, 45, 185), (250, 130, 20), (245, 245, 245), (15, 15, 15)],
+                       np.float32)
+SIZES = ("small", "large")
+_RADIUS = (7.0, 13.0)
+POSITIONS = ("left", "right", "top", "bottom", "center")
+_POS_XY = ((16, 32), (48, 32), (32, 16), (32, 48), (32, 32))
+_POS_PHRASE = ("on the left", "on the right", "at the top", "at the bottom", "in the center")
+BACKGROUNDS = ("plain", "gradient", "stripes", "checker", "noise", "dots")
+_BG_ADJ = ("plain", "gradient", "striped", "checkered", "noisy", "dotted")
+STYLES = ("filled", "outlined")
+COUNTS = (1, 2)
+
+# Muted background tones, so all eight object colours stay visible on them.
+_BG_TONES = np.array([(150, 150, 150), (120, 140, 160), (170, 150, 120), (110, 150, 120),
+                      (160, 120, 140), (130, 130, 100), (100, 120, 140), (175, 165, 150)],
+                     np.float32)
+
+# Held out of every training split (and of the in-distribution test splits): one colour
+# per shape; `shift_combo` uses only these.
+HELD_OUT_COMBOS = frozenset((s, (3 * s + 2) % len(COLOURS)) for s in range(len(SHAPES)))
+
+# Per split: allowed backgrounds, styles, counts, and which colour-shape combos.
+SPLIT_RULES = {
+    "source_train": dict(backgrounds=(0, 1), styles=(0,), counts=(1,), combos="seen"),
+    "source_test": dict(backgrounds=(0, 1), styles=(0,), counts=(1,), combos="seen"),
+    "target_train": dict(backgrounds=(2, 3), styles=(0, 1), counts=(1, 2), combos="seen"),
+    "target_test": dict(backgrounds=(2, 3), styles=(0, 1), counts=(1, 2), combos="seen"),
+    "shift_background": dict(backgrounds=(4, 5), styles=(0, 1), counts=(1, 2), combos="seen"),
+    "shift_combo": dict(backgrounds=(0, 1, 2, 3), styles=(0, 1), counts=(1, 2),
+                        combos="held_out"),
+}
+SPLIT_IDS = {name: i for i, name in enumerate(SPLIT_RULES)}
+
+
+def sample_scene(rng: np.random.Generator, split: str) -> dict:
+    """Attributes of one scene (ints indexing the tuples above) plus render parameters."""
+    rules = SPLIT_RULES[split]
+    combos = [(s, c) for s in range(len(SHAPES)) for c in range(len(COLOURS))
+              if ((s, c) in HELD_OUT_COMBOS) == (rules["combos"] == "held_out")]
+    shape, colour = combos[rng.integers(len(combos))]
+    return dict(
+        shape=int(shape), colour=int(colour),
+        size=int(rng.integers(len(SIZES))), position=int(rng.integers(len(POSITIONS))),
+        background=int(rng.choice(rules["backgrounds"])), style=int(rng.choice(rules["styles"])),
+        count=int(rng.choice(rules["counts"])),
+        bg_seed=int(rng.integers(2**31)), jitter=rng.uniform(-1, 1, size=6).astype(np.float32),
+    )
+
+
+def _background(kind: int, rng: np.random.Generator) -> np.ndarray:
+    n = IMAGE_SIZE
+    i, j = np.random.default_rng(rng.integers(2**31)).choice(len(_BG_TONES), 2, replace=False)
+    a, b = _BG_TONES[i], _BG_TONES[j]
+    yy, xx = np.mgrid[0:n, 0:n].astype(np.float32)
+    name = BACKGROUNDS[kind]
+    if name == "plain":
+        return np.broadcast_to(a, (n, n, 3)).copy()
+    if name == "gradient":
+        ang = rng.uniform(0, 2 * np.pi)
+        t = (np.cos(ang) * (xx - n / 2) + np.sin(ang) * (yy - n / 2)) / n + 0.5
+        t = np.clip(t, 0, 1)[..., None]
+        return a * (1 - t) + b * t
+    if name == "stripes":
+        ang, period = rng.uniform(0, np.pi), rng.uniform(6, 12)
+        t = (np.cos(ang) * xx + np.sin(ang) * yy) / period
+        return np.where((np.floor(t) % 2 == 0)[..., None], a, b)
+    if name == "checker":
+        cell = int(rng.integers(5, 11))
+        return np.where((((xx // cell) + (yy // cell)) % 2 == 0)[..., None], a, b)
+    if name == "noise":
+        coarse = rng.uniform(0, 1, size=(8, 8)).astype(np.float32)
+        t = np.asarray(Image.fromarray(coarse, mode="F").resize((n, n), Image.BICUBIC))
+        t = np.clip(t + rng.normal(0, 0.15, size=(n, n)), 0, 1)[..., None]
+        return a * (1 - t) + b * t
+    if name == "dots":
+        img = np.broadcast_to(a, (n, n, 3)).copy()
+        step, rad = rng.uniform(7, 11), rng.uniform(1.5, 2.5)
+        d = np.hypot((xx % step) - step / 2, (yy % step) - step / 2)
+        return np.where((d < rad)[..., None], b, img)
+    raise ValueError(f"unknown background {kind}")
+
+
+def _shape_mask(draw: ImageDraw.ImageDraw, shape: str, cx: float, cy: float, r: float):
+    """Draw a filled shape of 'radius' r centred at (cx, cy) on an 'L' canvas."""
+    def poly(k, rot, radii=None):
+        ang = rot + 2 * np.pi * np.arange(k) / k
+        rr = np.full(k, r) if radii is None else np.asarray(radii)
+        return [(cx + q * np.cos(t), cy + q * np.sin(t)) for q, t in zip(rr, ang)]
+
+    if shape == "circle":
+        draw.ellipse([cx - r, cy - r, cx + r, cy + r], fill=255)
+    elif shape == "square":
+        s = r * 0.85
+        draw.rectangle([cx - s, cy - s, cx + s, cy + s], fill=255)
+    elif shape == "triangle":
+        draw.polygon(poly(3, -np.pi / 2), fill=255)
+    elif shape == "diamond":
+        draw.polygon(poly(4, -np.pi / 2), fill=255)
+    elif shape == "star":
+        draw.polygon(poly(10, -np.pi / 2, [r, r * 0.45] * 5), fill=255)
+    elif shape == "cross":
+        w = r * 0.35
+        draw.rectangle([cx - r, cy - w, cx + r, cy + w], fill=255)
+        draw.rectangle([cx - w, cy - r, cx + w, cy + r], fill=255)
+    elif shape == "hexagon":
+        draw.polygon(poly(6, 0.0), fill=255)
+    elif shape == "crescent":
+        draw.ellipse([cx - r, cy - r, cx + r, cy + r], fill=255)
+        o = r * 0.55
+        draw.ellipse([cx - r + o, cy - r - o * 0.3, cx + r + o, cy + r - o * 0.3], fill=0)
+    else:
+        raise ValueError(f"unknown shape {shape}")
+
+
+def object_centres(scene: dict) -> list[tuple[float, float, float]]:
+    """(cx, cy, radius) of each object, in 64-pixel image coordinates."""
+    r = _RADIUS[scene["size"]] + scene["jitter"][0]
+    px, py = _POS_XY[scene["position"]]
+    px, py = px + 2.5 * scene["jitter"][1], py + 2.5 * scene["jitter"][2]
+    if scene["count"] == 1:
+        return [(px, py, r)]
+    # Two objects side by side along the axis that keeps them inside their region.
+    gap = r + 1.0
+    if POSITIONS[scene["position"]] in ("left", "right"):
+        return [(px, 32 - gap, r), (px, 32 + gap, r)]
+    return [(32 - gap, py, r), (32 + gap, py, r)]
+
+
+def _erode(mask: np.ndarray, k: int) -> np.ndarray:
+    """Grey erosion by a (2k+1)^2 square, separable (PIL's MinFilter is ~30x slower)."""
+    out = mask
+    for axis in (0, 1):
+        padded = np.pad(out, [(k, k) if a == axis else (0, 0) for a in (0, 1)])
+        n = out.shape[axis]
+        out = np.min([np.take(padded, np.arange(i, i + n), axis=axis)
+                      for i in range(2 * k + 1)], axis=0)
+    return out
+
+
+def render_scene(scene: dict) -> np.ndarray:
+    """The scene as uint8 (64, 64, 3)."""
+    rng = np.random.default_rng(scene["bg_seed"])
+    bg = _background(scene["background"], rng)
+    canvas = Image.new("L", (IMAGE_SIZE * _SS, IMAGE_SIZE * _SS), 0)
+    draw = ImageDraw.Draw(canvas)
+    for cx, cy, r in object_centres(scene):
+        _shape_mask(draw, SHAPES[scene["shape"]], cx * _SS, cy * _SS, r * _SS)
+    if STYLES[scene["style"]] == "outlined":
+        m = np.asarray(canvas)
+        canvas = Image.fromarray(m - np.minimum(m, _erode(m, 2 * _SS)))  # ~2 px stroke
+    alpha = np.asarray(canvas.resize((IMAGE_SIZE, IMAGE_SIZE), Image.BOX),
+                       np.float32)[..., None] / 255.0
+    colour = np.clip(_COLOUR_RGB[scene["colour"]] + 12 * scene["jitter"][3:6], 0, 255)
+    img = bg * (1 - alpha) + colour * alpha
+    return np.clip(np.round(img), 0, 255).astype(np.uint8)
+
+
+def _plural(shape: str) -> str:
+    return shape + ("es" if shape.endswith("s") else "s")
+
+
+_TEMPLATES = (
+    "{a} {obj} {pos}.",
+    "a photo of {a} {obj} {pos}.",
+    "{a} {obj} {pos} on a {bg} background.",
+    "there {is} {a} {obj} {pos}.",
+    "{pos_cap}, {a} {obj}.",
+    "an image with {a} {obj} {pos}, drawn on a {bg} background.",
+    "{a} {obj} {sits} {pos}.",
+    "a picture showing {a} {obj} placed {pos}.",
+    "a {bg} background with {a} {obj} {pos}.",
+)
+NUM_CAPTIONS = 5
+
+
+def captions(scene: dict, rng: np.random.Generator) -> list[str]:
+    """Five paraphrased captions (distinct templates) naming shape, colour, size, position."""
+    shape = SHAPES[scene["shape"]]
+    two = scene["count"] == 2
+    style = "outlined " if STYLES[scene["style"]] == "outlined" else ""
+    obj = f"{SIZES[scene['size']]} {style}{COLOURS[scene['colour']]} " + (
+        _plural(shape) if two else shape)
+    pos = _POS_PHRASE[scene["position"]]
+    fields = dict(a="two" if two else "a", obj=obj, pos=pos, pos_cap=pos[0].upper() + pos[1:],
+                  bg=_BG_ADJ[scene["background"]], sits="sit" if two else "sits",
+                  **{"is": "are" if two else "is"})
+    chosen = rng.choice(len(_TEMPLATES), NUM_CAPTIONS, replace=False)
+    return [_TEMPLATES[t].format(**fields) for t in chosen]
+
+
+def make_example(split: str, index: int, seed: int = 0) -> dict:
+    """Deterministic example ``index`` of ``split``: scene attributes, image and captions."""
+    rng = np.random.default_rng([seed, SPLIT_IDS[split], index])
+    scene = sample_scene(rng, split)
+    return dict(scene=scene, image=render_scene(scene), captions=captions(scene, rng))

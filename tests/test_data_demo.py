@@ -1,0 +1,176 @@
+"""The generated demo dataset: splits, shapes, determinism, captions, shifts, triples."""
+import itertools
+
+import numpy as np
+import pytest
+import tensorflow_datasets as tfds
+
+from gmm_jax.data import demo, demo_render as R
+
+SIZES = {"source_train": 40, "source_test": 12, "target_train": 24, "target_test": 12,
+         "shift_background": 12, "shift_combo": 12}
+
+
+def _config(name="tiny"):
+    return demo.GmmDemoConfig(name=name, split_sizes=dict(SIZES), num_workers=1)
+
+
+def _read(builder, split):
+    return list(tfds.as_numpy(builder.as_dataset(split=split, shuffle_files=False)))
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    tfds.disable_progress_bar()
+    b = demo.builder(str(tmp_path_factory.mktemp("demo")), _config())
+    b.download_and_prepare()
+    return b
+
+
+def test_splits_sizes_and_shapes(built):
+    assert {k: v.num_examples for k, v in built.info.splits.items()} == SIZES
+    ex = _read(built, "target_test")[0]
+    assert ex["image"].shape == (64, 64, 3) and ex["image"].dtype == np.uint8
+    assert len(ex["captions"]) == 5
+    assert ex["label"] == ex["shape"]
+    for k in ("colour", "size", "position", "background", "style", "count"):
+        assert k in ex
+
+
+def test_generation_is_deterministic(built, tmp_path):
+    other = demo.builder(str(tmp_path), _config())
+    other.download_and_prepare()
+    for split in ("source_train", "shift_combo"):
+        a, b = _read(built, split), _read(other, split)
+        assert len(a) == len(b)
+        for x, y in zip(a, b):
+            assert np.array_equal(x["image"], y["image"])
+            assert list(x["captions"]) == list(y["captions"])
+    # A second load reuses the cache instead of regenerating.
+    again = demo.builder(built.data_dir.rsplit("/gmm_demo", 1)[0], _config())
+    assert again.is_prepared()
+
+
+def test_examples_match_the_renderer(built):
+    """The stored example equals an independent re-render from its attributes."""
+    rows = _read(built, "target_train")
+    by_caps = {tuple(r["captions"]): r for r in rows}
+    for i in range(SIZES["target_train"]):
+        ex = R.make_example("target_train", i, seed=0)
+        row = by_caps[tuple(c.encode() for c in ex["captions"])]
+        assert np.array_equal(row["image"], ex["image"])
+        for k in ("shape", "colour", "size", "position", "background", "style", "count"):
+            assert row[k] == ex["scene"][k]
+
+
+def _plural(word):
+    return word + ("es" if word.endswith("s") else "s")
+
+
+def test_captions_mention_true_attributes(built):
+    for split in SIZES:
+        for ex in _read(built, split):
+            shape = R.SHAPES[ex["shape"]]
+            colour, size = R.COLOURS[ex["colour"]], R.SIZES[ex["size"]]
+            pos = R.POSITIONS[ex["position"]]
+            caps = [c.decode() for c in ex["captions"]]
+            assert len(set(caps)) == 5, caps  # paraphrases, not copies
+            for c in caps:
+                words = c.lower().replace(",", " ").replace(".", " ").split()
+                assert colour in words and size in words and pos in words, c
+                want = _plural(shape) if ex["count"] == 2 else shape
+                assert want in words, c
+                assert ("two" in words) == (ex["count"] == 2), c
+                # no other shape or colour word sneaks in
+                assert not (set(R.COLOURS) - {colour}) & set(words), c
+                assert not (set(R.SHAPES) - {shape}) & set(words), c
+
+
+def test_distribution_shifts(built):
+    seen = {s: {k: set() for k in ("background", "style", "count", "combo")} for s in SIZES}
+    for split in SIZES:
+        for ex in _read(built, split):
+            seen[split]["background"].add(R.BACKGROUNDS[ex["background"]])
+            seen[split]["style"].add(int(ex["style"]))
+            seen[split]["count"].add(int(ex["count"]))
+            seen[split]["combo"].add((int(ex["shape"]), int(ex["colour"])))
+    train_like = ("source_train", "source_test", "target_train", "target_test",
+                  "shift_background")
+    for s in train_like:
+        assert not seen[s]["combo"] & R.HELD_OUT_COMBOS, s
+    assert seen["shift_combo"]["combo"] <= R.HELD_OUT_COMBOS
+    train_bgs = set().union(*(seen[s]["background"] for s in ("source_train", "target_train")))
+    assert not seen["shift_background"]["background"] & train_bgs
+    assert seen["source_train"]["background"] != seen["target_train"]["background"]
+    assert seen["source_train"]["count"] == {1}
+
+
+def test_render_is_not_trivial():
+    """Shapes differ visibly: same scene but another shape changes the object pixels."""
+    rng = np.random.default_rng(0)
+    scene = R.sample_scene(rng, "source_train")
+    scene.update(background=0, style=0, count=1, size=1)
+    imgs = []
+    for s in range(len(R.SHAPES)):
+        imgs.append(R.render_scene(dict(scene, shape=s)).astype(float))
+    for a, b in itertools.combinations(range(len(imgs)), 2):
+        assert np.abs(imgs[a] - imgs[b]).sum() > 255 * 20, (R.SHAPES[a], R.SHAPES[b])
+
+
+def _brute_force_triples(attrs, swap=("shape", "colour", "size", "position")):
+    keys = demo.ARITHMETIC_ATTRIBUTES
+    n = len(attrs["shape"])
+    words = {"shape": R.SHAPES, "colour": R.COLOURS, "size": R.SIZES, "position": R.POSITIONS}
+    out = set()
+    for i in range(n):
+        for attr in swap:
+            for new in range(len(words[attr])):
+                if new == attrs[attr][i]:
+                    continue
+                ans = tuple(j for j in range(n) if attrs[attr][j] == new and all(
+                    attrs[k][j] == attrs[k][i] for k in keys if k != attr))
+                if ans:
+                    out.add((i, attr, words[attr][attrs[attr][i]], words[attr][new], ans))
+    return out
+
+
+def test_arithmetic_triples_match_brute_force():
+    rng = np.random.default_rng(3)
+    n = 300
+    attrs = {"shape": rng.integers(0, 3, n), "colour": rng.integers(0, 3, n),
+             "size": rng.integers(0, 2, n), "position": rng.integers(0, 2, n),
+             "count": rng.integers(1, 3, n)}
+    got = demo.demo_arithmetic_triples(attrs, max_triples=None)
+    assert {tuple(t) for t in got} == _brute_force_triples(attrs)
+    assert len(got) > 50
+    sub = demo.demo_arithmetic_triples(attrs, max_triples=20, seed=1)
+    assert len(sub) == 20 and set(sub) <= set(got)
+    assert sub == demo.demo_arithmetic_triples(attrs, max_triples=20, seed=1)
+    rows = [{k: int(v[i]) for k, v in attrs.items()} for i in range(n)]
+    assert demo.demo_arithmetic_triples(rows, max_triples=None) == got
+
+
+def test_arithmetic_triples_bad_input():
+    with pytest.raises(KeyError, match="count"):
+        demo.demo_arithmetic_triples({"shape": [0], "colour": [0], "size": [0],
+                                      "position": [0]})
+
+
+def test_unknown_split_is_rejected(tmp_path):
+    cfg = demo.GmmDemoConfig(name="bad", split_sizes={"nope": 3})
+    with pytest.raises(ValueError, match="nope"):
+        demo.builder(str(tmp_path), cfg).download_and_prepare()
+
+
+def test_parallel_generation_equals_serial(tmp_path):
+    sizes = {"source_test": 300}  # above the serial threshold
+    out = []
+    for workers in (1, 2):
+        cfg = demo.GmmDemoConfig(name=f"w{workers}", split_sizes=sizes, num_workers=workers)
+        b = demo.builder(str(tmp_path), cfg)
+        b.download_and_prepare()
+        out.append(_read(b, "source_test"))
+    assert len(out[0]) == len(out[1]) == 300
+    for x, y in zip(*out):
+        assert np.array_equal(x["image"], y["image"])
+        assert list(x["captions"]) == list(y["captions"])
