@@ -1,0 +1,202 @@
+"""eval_lib: embedding extraction (batched, padded, sharded) and evaluate() end to end
+on the generated demo data, with a small stand-in CLIP (the real one is exercised in
+test_eval_e2e.py)."""
+import dataclasses
+import json
+import math
+import os
+import zlib
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import tensorflow_datasets as tfds
+from jax.sharding import AxisType
+
+from gmm_jax import eval_lib
+from gmm_jax.data import demo
+
+# Large enough for attribute-swap triples in target_test; small enough to render in ~1 s.
+SPLITS = {"target_train": 40, "target_test": 48, "shift_background": 16, "shift_combo": 16}
+
+
+@dataclasses.dataclass(frozen=True)
+class FakeConfig:
+    image_size: int = 16
+    context_length: int = 12
+
+
+class FakeCLIP(nn.Module):
+    """Pooled pixels -> Dense, and mean token embedding -> Dense; CLIP's method names."""
+    config: FakeConfig = FakeConfig()
+
+    def setup(self):
+        self.img_proj = nn.Dense(8)
+        self.tok_emb = nn.Embed(128, 16)
+        self.txt_proj = nn.Dense(8)
+        self.logit_scale = self.param("logit_scale", lambda _: jnp.log(jnp.float32(20.0)))
+
+    def encode_image(self, x):
+        n, s = x.shape[0], x.shape[1]
+        pooled = x.reshape(n, 4, s // 4, 4, s // 4, 3).mean(axis=(2, 4))
+        return self.img_proj(pooled.reshape(n, -1))
+
+    def encode_text(self, tokens):
+        mask = (tokens > 0)[..., None]
+        e = (self.tok_emb(tokens) * mask).sum(1) / jnp.maximum(mask.sum(1), 1)
+        return self.txt_proj(e)
+
+    def __call__(self, x, tokens):
+        return self.encode_image(x), self.encode_text(tokens), self.logit_scale
+
+
+class FakeTokenizer:
+    def __call__(self, texts, context_length=77):
+        out = np.zeros((len(texts), context_length), np.int32)
+        for i, t in enumerate(texts):
+            ids = [zlib.crc32(w.encode()) % 127 + 1 for w in t.lower().split()][:context_length]
+            out[i, :len(ids)] = ids
+        return out
+
+
+@pytest.fixture(scope="module")
+def fake():
+    model = FakeCLIP()
+    params = model.init(jax.random.key(0), jnp.zeros((1, 16, 16, 3)),
+                        jnp.zeros((1, 12), jnp.int32))["params"]
+    return model, params, FakeTokenizer()
+
+
+@pytest.fixture(scope="module")
+def demo_data(tmp_path_factory):
+    tfds.disable_progress_bar()
+    data_dir = str(tmp_path_factory.mktemp("demo_data"))
+    cfg = demo.GmmDemoConfig(name="evaltest", split_sizes=dict(SPLITS), num_workers=1)
+    demo.builder(data_dir, cfg).download_and_prepare()
+    return data_dir, cfg
+
+
+def _config(data_dir, demo_cfg, **eval_overrides):
+    import ml_collections
+    c = ml_collections.ConfigDict()
+    c.data = ml_collections.ConfigDict({"name": "demo", "data_dir": data_dir, "eval_split": "target_test"})
+    c.data.demo_config = demo_cfg
+    c.eval = eval_lib.default_eval_config()
+    c.eval.progress = False
+    c.eval.batch_size = 16
+    c.eval.fewshot.ks = (1, 2)
+    c.eval.fewshot.seeds = (0,)
+    for k, v in eval_overrides.items():
+        node = c.eval
+        *path, last = k.split(".")
+        for p in path:
+            node = node[p]
+        node[last] = v
+    return c
+
+
+def _direct(model, params, method, x):
+    f = np.asarray(model.apply({"params": params}, x, method=method), np.float64)
+    return f / np.linalg.norm(f, axis=1, keepdims=True)
+
+
+@pytest.mark.parametrize("use_mesh", [False, True])
+def test_encoder_matches_direct_apply(fake, use_mesh):
+    model, params, tok = fake
+    mesh = jax.make_mesh((8,), ("data",), axis_types=(AxisType.Auto,)) if use_mesh else None
+    enc = eval_lib.Encoder(model, params, batch_size=6, mesh=mesh, progress=False)
+    assert enc.batch_size == (8 if use_mesh else 6)  # rounded up to the data axis
+    rng = np.random.default_rng(0)
+    images = rng.normal(size=(19, 16, 16, 3)).astype(np.float32)
+    batches = [images[:5], images[5:17], images[17:]]  # uneven, one larger than the batch
+    got = enc.images(iter(batches), total=19)
+    assert got.shape == (19, 8) and got.dtype == np.float32
+    np.testing.assert_allclose(got, _direct(model, params, "encode_image", images), atol=1e-5)
+    tokens = tok([f"a photo of thing {i}" for i in range(11)], context_length=12)
+    np.testing.assert_allclose(enc.texts(tokens), _direct(model, params, "encode_text", tokens),
+                               atol=1e-5)
+    img, txt = eval_lib.extract_embeddings(model, params, images=[images], tokens=tokens,
+                                           batch_size=4, mesh=mesh, progress=False)
+    np.testing.assert_allclose(img, got, atol=1e-5)
+    assert txt.shape == (11, 8)
+
+
+def test_default_config_and_helpers():
+    c = eval_lib.default_eval_config()
+    assert eval_lib.as_list(c.suites) == list(eval_lib.SUITES)
+    assert tuple(c.fewshot.ks) == (1, 2, 4, 8, 16)
+    assert eval_lib.as_list(" a, b ,,c") == ["a", "b", "c"] and eval_lib.as_list(("x",)) == ["x"]
+    assert list(eval_lib._take(iter([np.zeros(4), np.zeros(4), np.zeros(4)]), 6)) [-1].shape == (2,)
+    assert eval_lib.model_scale({"logit_scale": np.log(50.0)}) == pytest.approx(50.0)
+    import ml_collections
+    sp = ml_collections.ConfigDict({"temperature": "softplus", "temp_exp_s": 1.0})
+    assert eval_lib.model_scale({"logit_scale": 3.0}, sp) == pytest.approx(np.log1p(np.exp(3.0)))
+    ex = ml_collections.ConfigDict({"temperature": "exp", "temp_exp_s": 4.0})
+    assert eval_lib.model_scale({"logit_scale": 8.0}, ex) == pytest.approx(np.exp(2.0), rel=1e-6)
+    with pytest.raises(eval_lib.EvalError, match="logit_scale"):
+        eval_lib.model_scale({})
+
+
+REQUIRED_KEYS = (
+    [f"retrieval/{d}_r{k}" for d in ("i2t", "t2i") for k in (1, 5, 10)]
+    + ["retrieval/rsum", "gap/centroid_distance", "gap/linear_separability",
+       "gap/mean_positive_cosine", "gap/uniformity", "gap/alignment", "gap/relative_alignment",
+       "calibration/ece", "calibration/ece_i2t", "calibration/ece_t2i",
+       "zeroshot/gmm_demo_target_test/top1", "zeroshot/gmm_demo_shift_background/top1",
+       "zeroshot/gmm_demo_shift_combo/top1", "zeroshot/gmm_demo_shift_combo/ece",
+       "zeroshot/mean_top1", "fewshot/k1", "fewshot/k2", "arithmetic/demo/score",
+       "arithmetic/demo/best_lambda"])
+
+
+def test_evaluate_all_suites_on_demo(fake, demo_data, tmp_path):
+    model, params, tok = fake
+    config = _config(*demo_data, **{"retrieval.extra_splits": "shift_combo"})
+    out = str(tmp_path / "eval")
+    values = eval_lib.evaluate(model, params, tok, config, out)
+    for k in REQUIRED_KEYS + ["retrieval_shift_combo/rsum"]:
+        assert k in values, k
+    assert all(math.isfinite(v) for v in values.values()), values
+    assert json.load(open(os.path.join(out, "metrics.json"))) == pytest.approx(values)
+    for f in ("metrics.md", "gap_projection.png", "reliability.png", "recall.png", "embeddings.npz",
+              "eval_info.json"):
+        assert os.path.getsize(os.path.join(out, f)) > 0, f
+    with np.load(os.path.join(out, "embeddings.npz")) as z:
+        assert z["image"].shape == z["text"].shape == (48, 8)
+    assert values["calibration/scale"] == pytest.approx(20.0, rel=1e-5)
+    assert values["arithmetic/demo/num_queries"] > 0
+    # first_caption protocol and a fixed scale change what they should, nothing else
+    config2 = _config(*demo_data, suites="retrieval,calibration",
+                      **{"retrieval.protocol": "first_caption", "calibration.scale": 5.0})
+    v2 = eval_lib.evaluate(model, params, tok, config2, str(tmp_path / "eval2"))
+    assert set(v2) == {k for k in values if k.startswith(("retrieval/", "calibration/"))}
+    assert v2["calibration/scale"] == 5.0
+    # compare_runs over the two outputs has every run
+    md, data = eval_lib.compare_runs([out, str(tmp_path / "eval2")], str(tmp_path / "cmp"))
+    assert list(data["runs"]) == ["eval", "eval2"] and "eval2" in md.splitlines()[2]
+
+
+def test_max_examples_caps_images(fake, demo_data, tmp_path):
+    model, params, tok = fake
+    config = _config(*demo_data, suites="geometry", max_examples=20)
+    eval_lib.evaluate(model, params, tok, config, str(tmp_path))
+    with np.load(tmp_path / "embeddings.npz") as z:
+        assert z["image"].shape == (20, 8)
+
+
+def test_missing_dataset_and_bad_config_are_clear(fake, demo_data, tmp_path):
+    model, params, tok = fake
+    bad_split = _config(*demo_data, suites="retrieval", **{"retrieval.split": "no_such_split"})
+    with pytest.raises(eval_lib.EvalError, match="retrieval split 'no_such_split'"):
+        eval_lib.evaluate(model, params, tok, bad_split, str(tmp_path))
+    no_zs = _config(*demo_data, suites="zeroshot", **{"zeroshot.datasets": "not_a_dataset"})
+    with pytest.raises(eval_lib.EvalError, match="not_a_dataset"):
+        eval_lib.evaluate(model, params, tok, no_zs, str(tmp_path))
+    with pytest.raises(eval_lib.EvalError, match="unknown suite"):
+        eval_lib.evaluate(model, params, tok, _config(*demo_data, suites="retrieval,speed"),
+                          str(tmp_path))
+    simat = _config(*demo_data, suites="arithmetic", **{"arithmetic.source": "simat",
+                                                        "arithmetic.simat_dir": str(tmp_path / "x")})
+    with pytest.raises(eval_lib.EvalError, match="SIMAT"):
+        eval_lib.evaluate(model, params, tok, simat, str(tmp_path))
