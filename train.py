@@ -1,6 +1,50 @@
-"""Training entry point (placeholder until the training loop lands)."""
+r"""Train / fine-tune CLIP with m2-Mix and friends.
+
+    python train.py --config=configs/coco.py --workdir=/ckpt/run1 [--config.loss.method=clip ...]
+
+A run resumes from the latest checkpoint in --workdir. Without --workdir the run goes to
+runs/<config file name>. See docs/training.md.
+"""
+from __future__ import annotations
+
+import logging
+import os
 import sys
 
+from absl import app, flags
+from ml_collections import config_flags
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Training config file.",
+                                          lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Run directory (checkpoints, logs).")
+
+
+def main(argv):
+    if len(argv) > 1:
+        sys.exit(f"train.py: error: unexpected arguments {argv[1:]}")
+    config = _CONFIG.value
+    if config is None:
+        sys.exit("train.py: error: --config is required, e.g. --config=configs/demo.py")
+    workdir = _WORKDIR.value
+    if not workdir:
+        name = os.path.splitext(os.path.basename(flags.FLAGS["config"].config_filename))[0]
+        workdir = os.path.join("runs", name)
+    from absl import logging as absl_logging
+    absl_logging.set_verbosity(absl_logging.WARNING)  # Orbax is chatty at INFO
+    logging.getLogger("gmm_jax").setLevel(logging.INFO)
+    import jax
+    if config.get("distributed"):
+        jax.distributed.initialize()
+    from gmm_jax import train_lib
+    try:
+        train_lib.validate_config(config)
+    except ValueError as e:
+        sys.exit(f"train.py: error: {e}")
+    logging.info("workdir %s, %d processes, %d devices", workdir, jax.process_count(),
+                 jax.device_count())
+    out = train_lib.train_and_evaluate(config, workdir)
+    print(f"train.py: finished at step {out['step']}; workdir {os.path.abspath(workdir)}")
+
+
 if __name__ == "__main__":
-    sys.exit("train.py: the training loop and the demo (configs/demo.py) are not implemented yet "
-             "in this version of gmm_jax; see the open issues. Nothing was run.")
+    app.run(main)
