@@ -147,25 +147,28 @@ def clip_loss(v: jax.Array, t: jax.Array, scale) -> jax.Array:
 
 
 def _m2mix_logits(v, t, lam, sims_vt=None):
-    """The m2mix logit matrices ``A = v @ M.T`` and ``B = t @ M.T`` (unscaled).
+    """The m2mix logit matrices ``A = v @ M.T`` and ``B^T = M @ t.T`` (unscaled).
 
     ``M_j = slerp(v_j, t_j, lam) = alpha_j v_j + beta_j t_j``, so
-    ``A = (v v^T) alpha + S beta`` and ``B = S^T alpha + (t t^T) beta``: no new
-    product with ``M``, and ``S = v @ t.T`` is shared with the contrastive term.
-    The diagonals are replaced by ``diag(S)`` (the positives).
+    ``A = (v v^T) alpha + S beta`` (columns scaled) and
+    ``B^T = alpha S + beta (t t^T)`` (rows scaled): no new product with ``M``,
+    and ``S = v @ t.T`` is shared with the contrastive term. ``B`` is returned
+    transposed, so its row cross-entropy is a column cross-entropy of ``B^T``
+    and nothing reads ``S`` transposed (an N x N transpose costs about as much
+    as a matmul on CPU). The diagonals are replaced by ``diag(S)`` (the positives).
+    Returns ``(A, B^T, positives)``.
     """
     s = _sims(v, t) if sims_vt is None else sims_vt
     lam = _per_row(lam, v.ndim)
     theta = _angle(v.astype(F32), t.astype(F32))
     alpha, beta = _slerp_weights(theta, lam)
-    alpha, beta = alpha[:, 0][None, :], beta[:, 0][None, :]
-    a = _gram(v) * alpha + s * beta
-    b = s.T * alpha + _gram(t) * beta
+    a = _gram(v) * alpha[:, 0][None, :] + s * beta[:, 0][None, :]
+    b_t = s * alpha + _gram(t) * beta
     eye = jnp.eye(s.shape[0], dtype=bool)
     pos = _rowdot(v, t)
     a = jnp.where(eye, pos[None, :], a)
-    b = jnp.where(eye, pos[None, :], b)
-    return a, b, pos
+    b_t = jnp.where(eye, pos[:, None], b_t)
+    return a, b_t, pos
 
 
 @jax.custom_vjp
@@ -193,9 +196,9 @@ def m2mix_loss(v: jax.Array, t: jax.Array, lam, scale) -> jax.Array:
     diagonals replaced by ``diag(v @ t.T)``: the mixtures act as hard negatives
     (reference ``clip_loss2``; a sum, no column term).
     """
-    a, b, pos = _m2mix_logits(v, t, lam)
+    a, b_t, pos = _m2mix_logits(v, t, lam)
     scale = jnp.asarray(scale, F32)
-    return _ce(scale * a, scale * pos, 1) + _ce(scale * b, scale * pos, 1)
+    return _ce(scale * a, scale * pos, 1) + _ce(scale * b_t, scale * pos, 0)
 
 
 def _mix_targets(n: int, lam) -> jax.Array:
@@ -418,12 +421,12 @@ def build_objective(cfg) -> Objective:
         if method in ("m2mix", "m3mix"):
             w_e = mix_weight(schedule, epoch)
             lam_m2 = jax.random.beta(k_m2, beta_m2, beta_m2)
-            a, b, cos = _m2mix_logits(v, t, lam_m2, sims)
+            a, b_t, cos = _m2mix_logits(v, t, lam_m2, sims)
             if form == "reference":
                 s2 = jnp.asarray(scale if m2_scale is None else m2_scale, F32)
-                m2 = _ce(s2 * a, s2 * cos, 1) + _ce(s2 * b, s2 * cos, 1)
+                m2 = _ce(s2 * a, s2 * cos, 1) + _ce(s2 * b_t, s2 * cos, 0)
             else:
-                m2 = (_ce(scale * a, scale * cos, 1) + _ce(scale * b, scale * cos, 1)) / 2
+                m2 = (_ce(scale * a, scale * cos, 1) + _ce(scale * b_t, scale * cos, 0)) / 2
             mix = c_m2 * m2
             aux.update(m2mix=m2, lam_m2=lam_m2, mix_weight=w_e)
             if method == "m3mix":
