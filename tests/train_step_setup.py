@@ -1,0 +1,66 @@
+"""Shared set-up for the train-step tests: the tiny CLIP, a fixed global batch and the
+project's jitted step with SGD(lr=1), so that ``params - new_params`` is the gradient."""
+import jax
+import numpy as np
+import optax
+
+from gmm_jax import losses, train_lib, train_state as ts
+from gmm_jax.models import CLIP, init_params, presets
+
+GLOBAL_BATCH = 16
+
+
+def batch_arrays(n: int = GLOBAL_BATCH, seed: int = 0):
+    """Deterministic images (n, 32, 32, 3) f32 and tokens (n, 16) i32 (EOT = argmax)."""
+    rng = np.random.default_rng(seed)
+    images = rng.normal(size=(n, 32, 32, 3)).astype(np.float32)
+    tokens = np.zeros((n, 16), np.int32)
+    for i in range(n):
+        length = int(rng.integers(3, 15))
+        tokens[i, 0] = 998
+        tokens[i, 1:length] = rng.integers(1, 997, size=length - 1)
+        tokens[i, length] = 999  # EOT: the largest id
+    return images, tokens
+
+
+def loss_config(method: str):
+    cfg = train_lib.default_config().loss
+    cfg.method = method
+    cfg.temperature = "learned"
+    cfg.swap = "soft" if method == "m3mix" else "none"
+    cfg.swap_p = 0.5
+    return cfg
+
+
+def make_step(method: str = "m2mix", loss_impl: str = "global", devices=None):
+    """``(step, state, mesh, data_sharding)`` on a ``data`` mesh over ``devices``."""
+    devices = list(jax.devices() if devices is None else devices)  # tuple: cacheable
+    mesh = ts.make_mesh(("data",), (len(devices),), devices)
+    cfg = loss_config(method)
+    model = CLIP(presets.get_config("tiny"))
+    params = init_params(model, jax.random.key(0))
+    tx = optax.sgd(1.0)
+    state = ts.new_state(params, tx, seed=3)
+    shardings = ts.state_shardings(jax.eval_shape(lambda: state), mesh)
+    state = jax.device_put(state, shardings)
+    if loss_impl == "local":
+        from gmm_jax.distributed_loss import local_objective
+        objective = local_objective(cfg, mesh, ts.batch_axes(mesh))
+    else:
+        objective = losses.build_objective(cfg)
+    step = ts.make_train_step(model, objective, tx, cfg, 10, lambda s: 1.0, mesh, shardings)
+    return step, state, mesh, ts.batch_sharding(mesh)
+
+
+def run_step(method: str, loss_impl: str, devices):
+    """``(loss, grads as a dict of NumPy leaves)`` of one step on the fixed batch."""
+    step, state, _, data_sharding = make_step(method, loss_impl, devices)
+    images, tokens = batch_arrays()
+    batch = {"image": jax.device_put(images, data_sharding),
+             "tokens": jax.device_put(tokens, data_sharding)}
+    params0 = jax.device_get(state["params"])
+    new, metrics = step(state, batch, np.int32(0))
+    grads = jax.tree.map(lambda a, b: np.asarray(a) - np.asarray(b), params0,
+                         jax.device_get(new["params"]))
+    flat = {jax.tree_util.keystr(k): v for k, v in jax.tree_util.tree_flatten_with_path(grads)[0]}
+    return float(metrics["loss/total"]), flat, metrics
