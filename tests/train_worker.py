@@ -1,0 +1,72 @@
+"""Run ``train_lib.train_and_evaluate`` on the tiny config in its own process, optionally
+killing itself, for the resume tests (tests/test_train_loop.py).
+
+    python tests/train_worker.py WORKDIR DATA_DIR [--sigkill-after-save S]
+        [--sigkill-during-save S] [--sigterm-at S] [key=value ...]
+"""
+import argparse
+import json
+import os
+import signal
+import sys
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("workdir")
+    p.add_argument("data_dir")
+    p.add_argument("--sigkill-after-save", type=int, default=0,
+                   help="SIGKILL once the checkpoint of this step is complete")
+    p.add_argument("--sigkill-during-save", type=int, default=0,
+                   help="SIGKILL right after starting the (async) save of this step")
+    p.add_argument("--sigterm-at", type=int, default=0, help="SIGTERM after this step")
+    p.add_argument("overrides", nargs="*", help="dotted config key=JSON value")
+    args = p.parse_intermixed_args()
+    os.environ.setdefault("JAX_PLATFORMS", "cpu")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    sys.path.insert(0, os.path.join(root, "configs"))
+    import tiny
+    from gmm_jax import checkpointing, train_lib, train_state
+
+    config = tiny.get_config()
+    config.data.data_dir = args.data_dir
+    config.progress_bar = False
+    for item in args.overrides:
+        key, value = item.split("=", 1)
+        node = config
+        *parents, leaf = key.split(".")
+        for name in parents:
+            node = node[name]
+        node[leaf] = json.loads(value)
+
+    save = checkpointing.TrainCheckpointer.save
+
+    def patched_save(self, step, *a, **k):
+        out = save(self, step, *a, **k)
+        if step == args.sigkill_during_save:
+            os.kill(os.getpid(), signal.SIGKILL)
+        if step == args.sigkill_after_save:
+            self.wait()
+            os.kill(os.getpid(), signal.SIGKILL)
+        return out
+
+    checkpointing.TrainCheckpointer.save = patched_save
+    make_step = train_state.make_train_step
+
+    def patched_make_step(*a, **k):
+        step_fn = make_step(*a, **k)
+
+        def wrapped(state, batch, epoch):
+            state, metrics = step_fn(state, batch, epoch)
+            if int(state["step"]) == args.sigterm_at:
+                os.kill(os.getpid(), signal.SIGTERM)  # handled: save and stop
+            return state, metrics
+        return wrapped
+
+    train_state.make_train_step = patched_make_step
+    out = train_lib.train_and_evaluate(config, args.workdir)
+    print(f"finished at step {out['step']}")
+
+
+if __name__ == "__main__":
+    main()
