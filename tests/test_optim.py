@@ -1,0 +1,126 @@
+"""The optimiser (AdamW, warm-up + cosine, weight-decay mask, temperature lr, clipping,
+accumulation) and the temperature modes of the train step, against restatements."""
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from gmm_jax import optim, train_lib, train_state as ts
+from gmm_jax.models import CLIP, init_params, presets
+
+
+def _config(**optim_overrides):
+    cfg = train_lib.default_config()
+    for k, v in optim_overrides.items():
+        cfg.optim[k] = v
+    return cfg
+
+
+def _flat(tree):
+    return {jax.tree_util.keystr(k): v for k, v in jax.tree_util.tree_flatten_with_path(tree)[0]}
+
+
+def test_decay_mask_on_the_clip_parameter_tree():
+    params = jax.eval_shape(lambda: init_params(CLIP(presets.get_config("tiny")),
+                                                jax.random.key(0)))
+    mask = _flat(optim.decay_mask(params))
+    shapes = {k: v.shape for k, v in _flat(params).items()}
+    for k, decayed in mask.items():
+        never = (len(shapes[k]) < 2 or "positional_embedding" in k or "class_embedding" in k
+                 or "logit_scale" in k)
+        assert decayed == (not never), k
+    assert any(mask.values()) and not all(mask.values())
+    assert not any(v for k, v in mask.items() if "bias" in k or "ln" in k.lower())
+
+
+def test_warmup_cosine_schedule_matches_formula():
+    cfg = _config(lr=3e-4, warmup_frac=0.1, end_lr_frac=0.1, schedule="cosine")
+    _, lr = optim.make_optimizer(cfg, 200)
+    for step in (0, 5, 19, 20, 21, 100, 199, 200):
+        if step < 20:
+            want = 3e-4 * step / 20
+        else:
+            frac = (step - 20) / 180
+            want = 3e-5 + (3e-4 - 3e-5) * 0.5 * (1 + math.cos(math.pi * frac))
+        assert float(lr(step)) == pytest.approx(want, rel=1e-5, abs=1e-12), step
+
+
+def _toy_params():
+    return {"w": {"kernel": jnp.ones((3, 4)), "bias": jnp.ones((4,))},
+            "logit_scale": jnp.asarray(math.log(1 / 0.07))}
+
+
+def _grads():
+    return {"w": {"kernel": jnp.full((3, 4), 0.5), "bias": jnp.full((4,), -0.25)},
+            "logit_scale": jnp.asarray(1.0)}
+
+
+def _adamw_first_step(p, g, lr, wd, eps, decay):
+    # Adam's first bias-corrected step is g / (|g| + eps); decoupled decay on masked leaves.
+    return p - lr * (g / (np.abs(g) + eps) + (wd * p if decay else 0.0))
+
+
+@pytest.mark.parametrize("temperature,temp_lr_mult", [("learned", 0.5), ("fixed", 1.0)])
+def test_adamw_step_mask_and_temperature_lr(temperature, temp_lr_mult):
+    cfg = _config(lr=0.1, warmup_frac=0.0, schedule="constant", weight_decay=0.2)
+    cfg.loss.temperature, cfg.loss.temp_lr_mult = temperature, temp_lr_mult
+    tx, _ = optim.make_optimizer(cfg, 10)
+    p, g = _toy_params(), _grads()
+    updates, _ = tx.update(g, tx.init(p), p)
+    new = jax.tree.map(lambda a, b: a + b, p, updates)
+    eps = cfg.optim.eps
+    np.testing.assert_allclose(new["w"]["kernel"], _adamw_first_step(1.0, 0.5, 0.1, 0.2, eps,
+                                                                     True), rtol=1e-6)
+    np.testing.assert_allclose(new["w"]["bias"], _adamw_first_step(1.0, -0.25, 0.1, 0.2, eps,
+                                                                   False), rtol=1e-6)
+    ls = float(p["logit_scale"])
+    want = ls if temperature == "fixed" else _adamw_first_step(ls, 1.0, 0.1 * temp_lr_mult,
+                                                               0.2, eps, False)
+    assert float(new["logit_scale"]) == pytest.approx(want, rel=1e-6)
+
+
+def test_gradient_clipping_and_accumulation():
+    cfg = _config(lr=1.0, warmup_frac=0.0, schedule="constant", weight_decay=0.0,
+                  grad_clip=0.1, grad_accum_steps=2)
+    tx, lr = optim.make_optimizer(cfg, 10)
+    p = _toy_params()
+    state = tx.init(p)
+    u1, state = tx.update(_grads(), state, p)
+    assert all(float(jnp.max(jnp.abs(x))) == 0 for x in jax.tree.leaves(u1))  # accumulating
+    u2, state = tx.update(_grads(), state, p)
+    assert float(jnp.max(jnp.abs(u2["w"]["kernel"]))) > 0.5  # the update happened
+    assert float(lr(3)) == pytest.approx(1.0)
+    # Clipping alone: the clipped gradient's global norm is grad_clip (SGD-like check
+    # through optax.clip_by_global_norm inside the chain: Adam is scale-invariant, so
+    # compare the clip transform on the same gradients directly).
+    import optax
+    clipped, _ = optax.clip_by_global_norm(0.1).update(_grads(), None)
+    assert float(optax.global_norm(clipped)) == pytest.approx(0.1, rel=1e-5)
+
+
+@pytest.mark.parametrize("mode", ["learned", "softplus", "exp"])
+def test_trained_temperature_is_clamped(mode):
+    cfg = train_lib.default_config().loss
+    cfg.temperature = mode
+    scale_fn, fix_fn = ts.temperature_fns(cfg, 100)
+    params = ts.init_temperature_param({"logit_scale": jnp.asarray(math.log(1 / 0.07))}, cfg)
+    assert float(scale_fn(params, 0)) == pytest.approx(1 / 0.07, rel=1e-5)
+    big = {"logit_scale": params["logit_scale"] + 500.0}
+    assert float(scale_fn(fix_fn(big, None), 0)) == pytest.approx(100.0, rel=1e-4)
+    assert float(fix_fn(params, None)["logit_scale"]) == float(params["logit_scale"])
+
+
+def test_fixed_and_scheduled_temperature():
+    cfg = train_lib.default_config().loss
+    cfg.temperature, cfg.tau = "fixed", 0.02
+    scale_fn, fix_fn = ts.temperature_fns(cfg, 100)
+    assert float(scale_fn({}, 7)) == pytest.approx(50.0)
+    fixed = fix_fn({"logit_scale": jnp.asarray(0.0)}, scale_fn({}, 7))
+    assert float(fixed["logit_scale"]) == pytest.approx(math.log(50.0), rel=1e-6)
+    cfg.temperature, cfg.tau_start, cfg.tau_end = "schedule", 0.01, 0.05
+    scale_fn, _ = ts.temperature_fns(cfg, 100)
+    for step in (0, 25, 100, 150):
+        tau = 0.01 + 0.04 * min(step, 100) / 100
+        assert float(scale_fn({}, step)) == pytest.approx(1 / tau, rel=1e-5), step
