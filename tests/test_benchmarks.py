@@ -1,0 +1,92 @@
+"""Smoke tests of benchmarks/loss.py and benchmarks/train_step.py on the smallest sizes,
+so the scripts keep running; plus the agreement of the JAX losses with the PyTorch
+restatement of the authors' code that the loss benchmark times."""
+import math
+import os
+import sys
+
+import jax
+import ml_collections
+import numpy as np
+import pytest
+
+pytest.importorskip("torch")
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                                "benchmarks"))
+import loss as loss_bench  # noqa: E402
+import train_step as step_bench  # noqa: E402
+
+from gmm_jax import losses  # noqa: E402
+
+
+def _finite_positive(x):
+    return x is not None and math.isfinite(x) and x > 0
+
+
+@pytest.mark.parametrize("method", ["clip", "m2mix", "m3mix"])
+def test_recipe_matches_torch_restatement(method):
+    v, t = loss_bench.inputs(96, 48, seed=3)
+    if method == "m3mix":  # one lam for every term, as the torch restatement uses
+        want = loss_bench.torch_value(method, v, t)
+        got = (losses.clip_loss(v, t, loss_bench.SCALE)
+               + loss_bench.C_M2 * losses.m2mix_loss(v, t, loss_bench.LAM, loss_bench.M2_SCALE)
+               + 0.05 * losses.vmix_loss(v, t, loss_bench.LAM, loss_bench.SCALE)
+               + 0.05 * losses.lmix_loss(v, t, loss_bench.LAM, loss_bench.SCALE)
+               + 0.1 * losses.vlmix_loss(v, t, loss_bench.LAM, loss_bench.SCALE))
+        assert abs(float(got) - want) <= 1e-4 * abs(want)
+        return
+    # The recipe objective (lam drawn from the key), fed the same lam on the torch side.
+    obj = losses.build_objective(loss_bench._loss_cfg(method))
+    total, aux = obj(v, t, loss_bench.SCALE, jax.random.key(7), 0)
+    lam = float(aux.get("lam_m2", loss_bench.LAM))
+    import torch
+    want = float(loss_bench.torch_losses(lam)(method)(torch.from_numpy(v), torch.from_numpy(t)))
+    assert abs(float(total) - want) <= 1e-4 * abs(want), (float(total), want)
+    # and the fixed-lam helpers
+    assert abs(loss_bench.jax_value(method, v, t) - loss_bench.torch_value(method, v, t)) <= (
+        1e-4 * abs(want))
+
+
+def test_loss_benchmark_smoke(capsys):
+    args = ["--n", "64", "--d", "32", "--repeats", "1", "--methods", "clip", "m2mix",
+            "--mesh-devices", "8"]
+    result = loss_bench.main(args)
+    rows, mm_gflops = result["loss"][(64, 32)]
+    names = [r["case"] for r in rows]
+    assert names == ["jax clip_loss", "jax clip+m2mix (objective)", "jax clip_loss + m2mix_loss",
+                     f"jax {loss_bench.MATMUL}", "torch eager clip (authors')",
+                     "torch eager clip+m2mix (authors')"]
+    assert _finite_positive(mm_gflops)
+    for r in rows:
+        assert _finite_positive(r["ms"]) and _finite_positive(r["mm_eq"]), r
+    assert all(_finite_positive(r["mem_mb"]) for r in rows if r["case"].startswith("jax clip"))
+    local = result["local"]
+    assert [(r["method"], r["n"]) for r in local] == [("m2mix", 64)]
+    assert all(r[k] and r[k] > 0 for r in local for k in ("global_1", "global_k", "local_k"))
+    out = capsys.readouterr().out
+    assert "| jax clip+m2mix (objective) |" in out and "local (shard_map) x8" in out
+    assert out.count("\n| ") >= (len(rows) + 2) + (len(local) + 2)
+
+
+def test_train_step_benchmark_smoke(capsys):
+    # conftest gives 8 fake CPU devices: the batch is split over all of them.
+    rows = step_bench.main(["--models", "tiny", "--batch", "8", "--steps", "1",
+                            "--methods", "clip", "m2mix"])
+    assert [(r["method"], r["framework"].split()[0]) for r in rows] == [
+        ("clip", "jax"), ("clip", "torch"), ("m2mix", "jax"), ("m2mix", "torch")]
+    for r in rows:
+        assert _finite_positive(r["ms"]) and _finite_positive(r["img_s"]), r
+        assert _finite_positive(r["mfu"]) and _finite_positive(r["tflops"]), r
+    out = capsys.readouterr().out
+    assert "peak reference: measured fp32" in out
+    assert "m2mix step time / clip step time" in out
+
+
+def test_hf_config_mirrors_the_preset():
+    from gmm_jax.models import presets
+    mcfg = presets.get_config("ViT-B/16")
+    hf = step_bench.hf_config(mcfg)
+    assert (hf.vision_config.patch_size, hf.vision_config.hidden_size,
+            hf.vision_config.num_hidden_layers) == (16, 768, 12)
+    assert (hf.text_config.hidden_size, hf.text_config.num_attention_heads,
+            hf.projection_dim, hf.text_config.hidden_act) == (512, 8, 512, "quick_gelu")
