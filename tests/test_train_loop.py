@@ -1,6 +1,7 @@
 """train.py / train_lib end to end on the tiny config: resume after SIGKILL (also in the
 middle of a save) and after SIGTERM ends with the same parameters as an uninterrupted
 run; config errors name the key; the demo model learns."""
+import json
 import os
 import subprocess
 import sys
@@ -111,10 +112,15 @@ def test_a_few_hundred_steps_on_the_demo_data_reduce_the_loss(tmp_path, data_dir
     below its starting value ln(batch) (and the TensorBoard events hold each term)."""
     _train(tmp_path, data_dir, "total_steps=240", "batch_size=32", 'loss.method="m2mix"',
            'data.train_split="source_train"', "log_every_steps=20",
-           "checkpoint_every_steps=240", "optim.lr=0.002", "optim.warmup_frac=0.05")
+           "checkpoint_every_steps=240", "optim.lr=0.002", "optim.warmup_frac=0.05",
+           "eval_at_end=true", 'eval.suites="retrieval,geometry"')
     total, clip, m2 = (_scalars(tmp_path, t) for t in ("loss/total", "loss/clip",
                                                        "loss/m2mix"))
     assert len(total) == 12 and len(clip) == 12 and len(m2) == 12
     assert all(np.isfinite(total))
     assert np.mean(clip[-3:]) < 0.7 * clip[0], clip
     assert _scalars(tmp_path, "lr") and _scalars(tmp_path, "gap/centroid_distance")
+    # The eval hook ran on the final parameters and wrote eval.py's metrics.
+    with open(tmp_path / "eval_step_240" / "metrics.json") as f:
+        metrics = json.load(f)
+    assert metrics["retrieval/i2t_r10"] > 0 and np.isfinite(metrics["gap/centroid_distance"])
