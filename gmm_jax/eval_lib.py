@@ -199,6 +199,21 @@ def model_dims(model) -> tuple[int, int]:
                         "config.context_length") from e
 
 
+def use_run_temperature(config, workdir: str) -> None:
+    """Set ``config.loss.temperature`` / ``temp_exp_s`` to those of the training run in
+    ``workdir`` (its config.json): with ``softplus`` / ``exp`` the checkpoint's
+    ``logit_scale`` holds ``nu``, not ``log(scale)``. No-op without a config.json."""
+    path = os.path.join(workdir, "config.json")
+    if not os.path.exists(path) or "loss" not in config:
+        return
+    with open(path) as f:
+        run_loss = json.load(f).get("loss", {})
+    if "temperature" in run_loss:
+        with config.unlocked():
+            config.loss.temperature = run_loss["temperature"]
+            config.loss.temp_exp_s = float(run_loss.get("temp_exp_s", 1.0))
+
+
 def model_scale(params, loss_cfg=None) -> float:
     """The model's own contrastive multiplier: ``exp(params['logit_scale'])`` (OpenAI
     layout), or ``losses.scale_from_param`` when ``loss_cfg.temperature`` is a

@@ -200,3 +200,22 @@ def test_missing_dataset_and_bad_config_are_clear(fake, demo_data, tmp_path):
                                                         "arithmetic.simat_dir": str(tmp_path / "x")})
     with pytest.raises(eval_lib.EvalError, match="SIMAT"):
         eval_lib.evaluate(model, params, tok, simat, str(tmp_path))
+
+
+def test_use_run_temperature_reads_the_runs_parameterisation(tmp_path):
+    from gmm_jax import train_lib
+    config = train_lib.default_config()
+    config.loss.temperature = "learned"
+    params = {"logit_scale": np.float32(12.0)}
+    assert eval_lib.model_scale(params, config.loss) == pytest.approx(math.exp(12.0), rel=1e-5)
+    eval_lib.use_run_temperature(config, str(tmp_path))  # no config.json: unchanged
+    assert config.loss.temperature == "learned"
+    with open(tmp_path / "config.json", "w") as f:
+        json.dump({"loss": {"temperature": "exp", "temp_exp_s": 4.0}}, f)
+    eval_lib.use_run_temperature(config, str(tmp_path))
+    assert eval_lib.model_scale(params, config.loss) == pytest.approx(math.exp(3.0), rel=1e-5)
+    with open(tmp_path / "config.json", "w") as f:
+        json.dump({"loss": {"temperature": "softplus"}}, f)
+    eval_lib.use_run_temperature(config, str(tmp_path))
+    assert eval_lib.model_scale(params, config.loss) == pytest.approx(
+        math.log1p(math.exp(12.0)), rel=1e-5)
