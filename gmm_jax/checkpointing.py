@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from typing import Any, Optional
 
 import jax
@@ -84,8 +85,10 @@ def restore_params(workdir: str, step: Optional[int] = None) -> tuple[Any, int]:
         meta = mngr.item_metadata(step)["state"]
         tree = meta.tree if hasattr(meta, "tree") else meta
         restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), tree)
-        out = mngr.restore(step, args=ocp.args.Composite(
-            state=ocp.args.PyTreeRestore(item=tree, restore_args=restore_args)))
+        with warnings.catch_warnings():  # host NumPy arrays: the saved sharding is moot
+            warnings.filterwarnings("ignore", message="Sharding info not provided")
+            out = mngr.restore(step, args=ocp.args.Composite(
+                state=ocp.args.PyTreeRestore(item=tree, restore_args=restore_args)))
         return out.state["params"], int(step)
     finally:
         mngr.close()

@@ -124,3 +124,30 @@ def test_a_few_hundred_steps_on_the_demo_data_reduce_the_loss(tmp_path, data_dir
     with open(tmp_path / "eval_step_240" / "metrics.json") as f:
         metrics = json.load(f)
     assert metrics["retrieval/i2t_r10"] > 0 and np.isfinite(metrics["gap/centroid_distance"])
+
+
+def test_fine_tuning_starts_from_config_init_in_bf16(tmp_path, data_dir):
+    """config.init: a converted model directory is the starting point (lr 0 keeps it
+    exactly: AdamW's decay is scaled by lr); bf16 compute keeps fp32 parameters."""
+    import jax
+    from gmm_jax import pretrained
+    from gmm_jax.data import demo
+    from gmm_jax.models import CLIP, init_params, presets
+    from gmm_jax.tokenizer import Tokenizer
+    tok = Tokenizer.train([t.format(c) for t in demo.TEMPLATES for c in demo.CLASS_NAMES]
+                          + ["a small red circle on the left"], vocab_size=600,
+                          context_length=16)
+    mcfg = presets.get_config("tiny", vocab_size=tok.vocab_size)
+    params = init_params(CLIP(mcfg), jax.random.key(7))
+    init_dir = tmp_path / "init"
+    pretrained.save_pretrained(str(init_dir), mcfg, params, tok)
+    workdir = tmp_path / "run"
+    _train(workdir, data_dir, f'init="{init_dir}"', "total_steps=2", "optim.lr=0.0",
+           'model.dtype="bfloat16"', 'loss.temperature="learned"')
+    got, step = _params(workdir)
+    want = _flat(params)
+    assert step == 2 and got.keys() == want.keys()
+    for k in want:
+        assert got[k].dtype == np.float32, k
+        np.testing.assert_array_equal(got[k], np.asarray(want[k]), err_msg=k)
+    assert os.path.exists(workdir / "tokenizer")
