@@ -35,6 +35,13 @@ def main(argv):
     import jax
     if config.get("distributed"):
         jax.distributed.initialize()
+    if "demo" in config:  # pre-train, fine-tune each recipe, evaluate, report (docs/demo.md)
+        from gmm_jax import demo_flow
+        try:
+            demo_flow.run(config, workdir, command=" ".join(["python train.py"] + sys.argv[1:]))
+        except demo_flow.DemoError as e:
+            sys.exit(f"train.py: error: {e}")
+        return
     from gmm_jax import train_lib
     try:
         train_lib.validate_config(config)

@@ -1,0 +1,404 @@
+"""The demo flow: pre-train, fine-tune with each recipe, evaluate, report side by side.
+
+``python train.py --config=configs/demo.py [--workdir=W]`` calls ``run(config, W)`` when
+the config has a ``demo`` section (``demo_section()`` lists its knobs):
+
+    W/pretrain/   a small CLIP trained from scratch on the demo's source split (CLIP loss,
+                  learned temperature); exported to W/pretrain/model/ (save_pretrained)
+    W/<run>/      one fine-tuning run per entry of config.demo.runs, from that model, on
+                  the target split (``RECIPES`` maps a run name to its loss)
+    W/*/eval/     eval_lib.evaluate of each model on the target test split and the
+                  shifted splits (metrics.json, metrics.md, figures)
+    W/demo_report.json, W/demo_report.md, W/gap_*.png
+
+Every stage directory is an ordinary training workdir (resumable, readable by eval.py).
+A stage whose marker ``demo_stage.json`` says it finished with the same training config
+is skipped, and an evaluation whose ``demo_eval.json`` matches is reused, so a second
+invocation costs only the report. The stage configs are ordinary configs (the ``demo``
+section removed), validated by ``train_lib.validate_config``.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import math
+import os
+import time
+import warnings
+from typing import Callable, Optional
+
+import ml_collections
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+PRETRAINED = "pretrained"
+# Fine-tuning recipes: run name -> config.loss fields. Everything else (weights, betas,
+# tau_end, ...) comes from config.loss, so --config.loss.c_m2=0.05 reaches every run.
+RECIPES = {
+    "ft": {"method": "clip"},
+    "m2mix": {"method": "m2mix"},
+    "m2mix_c05": {"method": "m2mix", "c_m2": 0.05},  # the largest c_m2 of the paper's sweep
+    "m3mix": {"method": "m3mix", "beta_m2": 0.2},  # the reference's m3mix beta for m2mix
+    "cua": {"method": "cua"},
+    "ft_tsched": {"method": "clip", "temperature": "schedule"},
+    "m2mix_tsched": {"method": "m2mix", "temperature": "schedule"},
+}
+# Shown first in the report (when present), in this order.
+HEADLINE = (
+    "retrieval/i2t_r1", "retrieval/t2i_r1", "retrieval/rsum",
+    "retrieval_shift_background/rsum", "retrieval_shift_combo/rsum",
+    "zeroshot/gmm_demo_target_test/top1", "zeroshot/gmm_demo_shift_background/top1",
+    "zeroshot/gmm_demo_shift_combo/top1", "calibration/ece",
+    "zeroshot/gmm_demo_target_test/ece", "zeroshot/gmm_demo_shift_background/ece",
+    "zeroshot/gmm_demo_shift_combo/ece", "gap/centroid_distance", "gap/linear_separability",
+    "gap/mean_positive_cosine", "gap/uniformity", "gap/alignment", "gap/relative_alignment",
+)
+# Keys that do not change what a stage trains (left out of its fingerprint).
+_NOT_TRAINING = ("eval", "eval_every_steps", "eval_at_end", "progress_bar", "log_every_steps",
+                 "checkpoint_every_steps", "max_to_keep", "async_checkpointing", "distributed",
+                 "mesh")
+STAGE_MARKER = "demo_stage.json"
+EVAL_MARKER = "demo_eval.json"
+MODEL_DIR = "model"
+
+
+class DemoError(ValueError):
+    """A user error in the demo section or a workdir that belongs to another config."""
+
+
+def demo_section() -> ml_collections.ConfigDict:
+    """The ``config.demo`` knobs with their defaults (configs/demo.py starts from these)."""
+    d = ml_collections.ConfigDict()
+    d.runs = "ft,m2mix"           # fine-tuning runs, names from RECIPES
+    d.pretrain_dir = ""           # "" = WORKDIR/pretrain; else a shared pre-training dir
+    d.tau_from_pretrained = True  # fixed/scheduled fine-tuning tau relative to the
+    #                               pre-trained model's learned tau (see docs/demo.md)
+    p = d.pretrain = ml_collections.ConfigDict()
+    p.train_split = "source_train"
+    p.num_epochs = 5
+    p.total_steps = 0             # > 0: overrides num_epochs
+    p.batch_size = 128
+    p.lr = 5e-4
+    p.weight_decay = 0.1
+    p.temperature = "learned"
+    p.temp_lr_mult = 20.0          # lets the learned temperature rise as in CLIP (docs/demo.md)
+    p.seed = 0
+    return d
+
+
+def run_names(config) -> list[str]:
+    names = [n.strip() for n in str(config.demo.runs).split(",") if n.strip()]
+    unknown = [n for n in names if n not in RECIPES]
+    if unknown:
+        raise DemoError(f"config.demo.runs: unknown run(s) {unknown}; known: {list(RECIPES)}")
+    if len(set(names)) != len(names):
+        raise DemoError(f"config.demo.runs={config.demo.runs!r} names a run twice")
+    return names
+
+
+def validate_demo(config) -> None:
+    """Unknown / wrongly typed keys of ``config.demo`` (against ``demo_section()``)."""
+    ref = demo_section()
+
+    def walk(cfg, r, prefix):
+        for k in cfg.keys():
+            if k not in r:
+                raise DemoError(f"unknown config key demo.{prefix}{k} (known: "
+                                f"{sorted(r.keys())})")
+            v, rv = cfg[k], r[k]
+            if isinstance(rv, ml_collections.ConfigDict):
+                walk(v, rv, f"{prefix}{k}.")
+            elif not (isinstance(v, type(rv)) or (isinstance(rv, float) and isinstance(v, int)
+                                                 and not isinstance(v, bool))):
+                raise DemoError(f"config.demo.{prefix}{k}={v!r}: expected {type(rv).__name__}")
+    walk(config.demo, ref, "")
+    run_names(config)
+
+
+# --------------------------------------------------------------------------- stage configs
+
+def base_config(config) -> ml_collections.ConfigDict:
+    """A deep copy of ``config`` without its ``demo`` section (an ordinary config)."""
+    cfg = copy.deepcopy(config)
+    with cfg.unlocked():
+        if "demo" in cfg:
+            del cfg["demo"]
+    return cfg
+
+
+def pretrain_config(config) -> ml_collections.ConfigDict:
+    """Pre-training: the shared model/data settings, source split, CLIP loss."""
+    from gmm_jax import train_lib
+    cfg = base_config(config)
+    p = config.demo.pretrain
+    cfg.init = None
+    cfg.data.train_split = p.train_split
+    cfg.loss.method = "clip"
+    cfg.loss.swap = "none"
+    cfg.loss.temperature = p.temperature
+    cfg.loss.temp_lr_mult = float(p.temp_lr_mult)
+    cfg.num_epochs = int(p.num_epochs)
+    cfg.total_steps = int(p.total_steps)
+    cfg.batch_size = int(p.batch_size)
+    cfg.optim.lr = float(p.lr)
+    cfg.optim.weight_decay = float(p.weight_decay)
+    cfg.seed = int(p.seed)
+    cfg.eval_at_end, cfg.eval_every_steps = False, 0
+    train_lib.validate_config(cfg)
+    return cfg
+
+
+def finetune_config(config, name: str, init_dir: str, pretrained_tau: Optional[float]):
+    """Fine-tuning run ``name``: from ``init_dir`` on the target split with the recipe's
+    loss. With ``config.demo.tau_from_pretrained``, a fixed tau is the pre-trained
+    model's and a schedule starts there (keeping config.loss.tau_end / tau_start)."""
+    from gmm_jax import train_lib
+    cfg = base_config(config)
+    cfg.init = init_dir
+    for f in train_lib.MODEL_FIELDS:  # the architecture comes from the pre-trained model
+        cfg.model[f] = None
+    for k, v in RECIPES[name].items():
+        cfg.loss[k] = v
+    if config.demo.tau_from_pretrained and pretrained_tau is not None:
+        ratio = float(cfg.loss.tau_end) / float(cfg.loss.tau_start)
+        cfg.loss.tau = cfg.loss.tau_start = float(pretrained_tau)
+        cfg.loss.tau_end = float(pretrained_tau) * ratio
+    cfg.eval_at_end, cfg.eval_every_steps = False, 0
+    train_lib.validate_config(cfg)
+    return cfg
+
+
+def eval_config(config) -> ml_collections.ConfigDict:
+    """What every model is evaluated with: ``config.data`` (eval split) and ``config.eval``."""
+    return base_config(config)
+
+
+def fingerprint(cfg, drop=_NOT_TRAINING) -> str:
+    d = json.loads(cfg.to_json_best_effort(sort_keys=True))
+    for k in drop:
+        d.pop(k, None)
+    d.get("data", {}).pop("eval_split", None)
+    d.get("data", {}).pop("data_dir", None)
+    return json.dumps(d, sort_keys=True)
+
+
+# --------------------------------------------------------------------------- stages
+
+def _read_json(path):
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        try:
+            return json.load(f)
+        except json.JSONDecodeError:
+            return None
+
+
+def _write_json(path, obj, sort_keys=True):
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=1, sort_keys=sort_keys, allow_nan=True)
+    os.replace(tmp, path)
+
+
+def stage_done(stage_dir: str, fp: str) -> bool:
+    """True when ``stage_dir`` finished training with the config of fingerprint ``fp``
+    (marker says done and its last checkpoint step is on disk). Raises DemoError when
+    the directory holds a run of a different config."""
+    marker = _read_json(os.path.join(stage_dir, STAGE_MARKER))
+    if marker is None:
+        return False
+    if marker.get("fingerprint") != fp:
+        raise DemoError(f"{stage_dir} holds a run of a different training config; use another "
+                        "--workdir (or delete that directory) to train with this one")
+    if not marker.get("done"):
+        return False
+    return os.path.isdir(os.path.join(stage_dir, "checkpoints", str(marker["step"])))
+
+
+def train_stage(cfg, stage_dir: str, banner: Callable[[str], None]) -> dict:
+    """Train ``cfg`` in ``stage_dir`` unless already done; returns the marker."""
+    from gmm_jax import train_lib
+    fp = fingerprint(cfg)
+    if stage_done(stage_dir, fp):
+        marker = _read_json(os.path.join(stage_dir, STAGE_MARKER))
+        banner(f"reusing the finished run in {stage_dir} (step {marker['step']})")
+        return marker
+    os.makedirs(stage_dir, exist_ok=True)
+    _write_json(os.path.join(stage_dir, STAGE_MARKER), {"fingerprint": fp, "done": False})
+    t0 = time.perf_counter()
+    out = train_lib.train_and_evaluate(cfg, stage_dir)
+    marker = {"fingerprint": fp, "done": True, "step": int(out["step"]),
+              "seconds": round(time.perf_counter() - t0, 1),
+              "train_metrics": {k: float(v) for k, v in (out.get("metrics") or {}).items()}}
+    _write_json(os.path.join(stage_dir, STAGE_MARKER), marker)
+    return marker
+
+
+def _load_checkpoint(stage_dir: str):
+    """``train_lib.load_checkpoint`` without Orbax's warnings about the sharding file and
+    the items it does not restore (expected here: only the params, as host arrays)."""
+    from gmm_jax import train_lib
+    absl_log = logging.getLogger("absl")
+    level = absl_log.level
+    absl_log.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Sharding info not provided")
+            return train_lib.load_checkpoint(stage_dir)
+    finally:
+        absl_log.setLevel(level)
+
+
+def export_model(stage_dir: str) -> tuple[str, float]:
+    """Write the run's final params as a model directory (what ``config.init`` names);
+    returns ``(model_dir, tau)`` with tau the model's 1/exp(logit_scale)."""
+    from gmm_jax import pretrained
+    model_dir = os.path.join(stage_dir, MODEL_DIR)
+    model, params, tok, step = _load_checkpoint(stage_dir)
+    info = _read_json(os.path.join(model_dir, "demo_export.json"))
+    if info is None or info.get("step") != step:
+        pretrained.save_pretrained(model_dir, model.config, params, tok)
+        info = {"step": step, "logit_scale": float(np.asarray(params["logit_scale"]))}
+        _write_json(os.path.join(model_dir, "demo_export.json"), info)
+    return model_dir, float(math.exp(-info["logit_scale"]))
+
+
+def evaluate_stage(stage_cfg, ecfg, stage_dir: str, mesh, title: str) -> str:
+    """Evaluate the latest checkpoint of ``stage_dir`` into ``stage_dir/eval`` (reused when
+    ``demo_eval.json`` records the same checkpoint and eval settings)."""
+    from gmm_jax import eval_lib
+    model, params, tok, step = _load_checkpoint(stage_dir)
+    out = os.path.join(stage_dir, "eval")
+    cfg = copy.deepcopy(ecfg)
+    with cfg.unlocked():
+        cfg.loss = copy.deepcopy(stage_cfg.loss)  # the temperature mode names the scale
+    fp = {"step": step, "eval": json.loads(cfg.eval.to_json_best_effort(sort_keys=True)),
+          "data": json.loads(cfg.data.to_json_best_effort(sort_keys=True)),
+          "temperature": cfg.loss.temperature}
+    fp["data"].pop("train_split", None)
+    marker = _read_json(os.path.join(out, EVAL_MARKER))
+    if marker == fp and os.path.exists(os.path.join(out, "metrics.json")):
+        return out
+    eval_lib.evaluate(model, params, tok, cfg, out, mesh=mesh, title=title)
+    _write_json(os.path.join(out, EVAL_MARKER), fp)
+    return out
+
+
+# --------------------------------------------------------------------------- report
+
+def write_report(workdir: str, eval_dirs: dict, meta: dict) -> dict:
+    """``demo_report.json`` (``{"runs": {name: metrics}, "meta": ...}``), ``demo_report.md``
+    and the gap figures; returns the paths written."""
+    from gmm_jax import figures, report
+    runs = {name: report.load_metrics(d) for name, d in eval_dirs.items()}
+    keys = sorted({k for m in runs.values() for k in m})
+    head = [k for k in HEADLINE if k in keys]
+    head_md, data = report.compare_runs(runs, None, "Headline metrics", keys=head)
+    full_md, _ = report.compare_runs(runs, None, "All metrics", keys=keys)
+    json_path = os.path.join(workdir, "demo_report.json")
+    _write_json(json_path, {"runs": data["runs"], "meta": meta}, sort_keys=False)
+    paths = {"json": json_path}
+    figs = {}
+    figs["gap_side_by_side"] = figures.gap_figure_side_by_side(
+        dict(eval_dirs), os.path.join(workdir, "gap_side_by_side.png"))
+    if "ft" in eval_dirs and "m2mix" in eval_dirs:
+        figs["gap_ft_vs_m2mix"] = figures.gap_figure_side_by_side(
+            {"ft": eval_dirs["ft"], "m2mix": eval_dirs["m2mix"]},
+            os.path.join(workdir, "gap_ft_vs_m2mix.png"))
+    paths.update(figs)
+    stage_lines = [f"| {name} | {s.get('dir', '')} | {s.get('step', '')} | "
+                   f"{s.get('train_seconds', '–')} |" for name, s in meta["stages"].items()]
+    md = ["# m²-Mix demo report", "",
+          "Pre-trained = a small CLIP trained from scratch on the demo's source split; every "
+          "other column fine-tunes it on the target split with that recipe (see "
+          "docs/demo.md). Evaluation: retrieval, geometry and calibration on "
+          f"`{meta['eval_split']}`; `retrieval_<split>/...` on the shifted splits; zero-shot "
+          "classification on target_test and the shifts. Bold = best run of each metric; "
+          "↑/↓ = which way is better.", "",
+          f"Command: `{meta['command']}`", "",
+          "| stage | workdir | step | train s |", "| --- | --- | ---: | ---: |",
+          *stage_lines, "",
+          *["![" + k + "](" + os.path.basename(v) + ")" for k, v in figs.items()], "",
+          head_md.replace("# Headline", "## Headline"), full_md.replace("# All", "## All")]
+    md_path = os.path.join(workdir, "demo_report.md")
+    with open(md_path, "w") as f:
+        f.write("\n".join(md) + "\n")
+    paths["md"] = md_path
+    return paths
+
+
+# --------------------------------------------------------------------------- driver
+
+def _banner(msg: str) -> None:
+    print(f"\n==== demo: {msg}", flush=True)
+
+
+def _mesh():
+    import jax
+    from jax.sharding import AxisType
+    if jax.device_count() <= 1:
+        return None
+    return jax.make_mesh((jax.device_count(),), ("data",), axis_types=(AxisType.Auto,))
+
+
+def run(config, workdir: str, command: str = "") -> dict:
+    """The whole demo (see the module docstring). Returns ``{"report": paths, "runs":
+    {name: metrics}, "seconds": wall time}``."""
+    t_start = time.perf_counter()
+    validate_demo(config)
+    names = run_names(config)
+    workdir = os.path.abspath(workdir)
+    os.makedirs(workdir, exist_ok=True)
+    pre_dir = os.path.abspath(config.demo.pretrain_dir or os.path.join(workdir, "pretrain"))
+    pre_cfg = pretrain_config(config)
+    ecfg = eval_config(config)
+    n_stages = 1 + len(names) + 2
+    stages, eval_dirs = {}, {}
+    mesh = _mesh()
+
+    _banner(f"[1/{n_stages}] pre-training a small CLIP from scratch on "
+            f"{pre_cfg.data.train_split} -> {pre_dir}")
+    marker = train_stage(pre_cfg, pre_dir, _banner)
+    model_dir, tau_p = export_model(pre_dir)
+    stages[PRETRAINED] = {"dir": pre_dir, "step": marker["step"],
+                          "train_seconds": marker.get("seconds"), "tau": tau_p}
+    print(f"pre-trained model: {model_dir} (learned tau {tau_p:.4f}, scale {1 / tau_p:.1f})",
+          flush=True)
+
+    ft_cfgs = {}
+    for i, name in enumerate(names):
+        cfg = finetune_config(config, name, model_dir, tau_p)
+        ft_cfgs[name] = cfg
+        run_dir = os.path.join(workdir, name)
+        temp = cfg.loss.temperature + (f" tau={cfg.loss.tau:.4g}" if cfg.loss.temperature == "fixed"
+                                       else "")
+        _banner(f"[{2 + i}/{n_stages}] fine-tuning {name!r} (loss {cfg.loss.method}, "
+                f"temperature {temp}) on {cfg.data.train_split or 'target_train'} -> {run_dir}")
+        m = train_stage(cfg, run_dir, _banner)
+        stages[name] = {"dir": run_dir, "step": m["step"], "train_seconds": m.get("seconds")}
+
+    _banner(f"[{n_stages - 1}/{n_stages}] evaluating {[PRETRAINED] + names} on "
+            f"{ecfg.data.eval_split} and the shifted splits")
+    eval_dirs[PRETRAINED] = evaluate_stage(pre_cfg, ecfg, pre_dir, mesh, "pretrained")
+    for name in names:
+        eval_dirs[name] = evaluate_stage(ft_cfgs[name], ecfg, stages[name]["dir"], mesh, name)
+
+    _banner(f"[{n_stages}/{n_stages}] report")
+    meta = {"command": command or "python train.py --config=configs/demo.py",
+            "eval_split": ecfg.data.eval_split, "stages": stages,
+            "seconds": round(time.perf_counter() - t_start, 1)}
+    paths = write_report(workdir, eval_dirs, meta)
+    runs = _read_json(paths["json"])["runs"]
+    head = [k for k in HEADLINE if all(k in m for m in runs.values())]
+    from gmm_jax import report
+    print(report.compare_runs(runs, None, "Headline metrics", keys=head)[0], flush=True)
+    seconds = round(time.perf_counter() - t_start, 1)
+    print(f"demo finished in {seconds:.0f} s. Report: {paths['md']} (and "
+          f"{os.path.basename(paths['json'])}); figures: "
+          f"{', '.join(os.path.basename(paths[k]) for k in paths if k.startswith('gap'))}",
+          flush=True)
+    return {"report": paths, "runs": runs, "seconds": seconds}

@@ -1,0 +1,177 @@
+"""The demo flow end to end at toy size: pre-train, fine-tune (ft, m2mix), evaluate, report;
+then a second invocation that must reuse every finished stage."""
+import json
+import math
+import os
+import sys
+
+import pytest
+import tensorflow_datasets as tfds
+
+from gmm_jax import demo_flow, train_lib
+from gmm_jax.data import demo
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SPLITS = {"source_train": 64, "source_test": 16, "target_train": 48, "target_test": 32,
+          "shift_background": 16, "shift_combo": 16}
+REQUIRED = (["retrieval/i2t_r1", "retrieval/t2i_r1", "retrieval/i2t_r5", "retrieval/t2i_r10",
+             "retrieval/rsum", "retrieval_shift_background/rsum", "retrieval_shift_combo/rsum",
+             "gap/centroid_distance", "gap/linear_separability", "gap/uniformity",
+             "gap/alignment", "gap/relative_alignment", "gap/mean_positive_cosine",
+             "calibration/ece", "calibration/scale", "zeroshot/gmm_demo_target_test/top1",
+             "zeroshot/gmm_demo_shift_background/top1", "zeroshot/gmm_demo_shift_combo/ece",
+             "zeroshot/mean_top1", "fewshot/k1", "arithmetic/demo/score"])
+
+
+def _demo_config():
+    sys.path.insert(0, os.path.join(ROOT, "configs"))
+    try:
+        import demo as demo_cfg_module  # configs/demo.py
+    finally:
+        sys.path.pop(0)
+    return demo_cfg_module.get_config()
+
+
+def tiny_demo_config(data_dir):
+    """configs/demo.py shrunk: the tiny preset, a few dozen examples, a few steps."""
+    config = _demo_config()
+    config.model.preset = "tiny"
+    for f in train_lib.MODEL_FIELDS:
+        config.model[f] = None
+    # one block per tower: the three train steps' compile time dominates this test
+    config.model.vision_layers = config.model.text_layers = 1
+    config.tokenizer_vocab_size = 600
+    config.data.data_dir = data_dir
+    with config.ignore_type():
+        config.data.demo_config = demo.GmmDemoConfig(name="demoflow", split_sizes=dict(SPLITS),
+                                                     num_workers=1)
+    config.data.shuffle_buffer = 64
+    config.batch_size = 16
+    config.total_steps = 3
+    config.log_every_steps = 1
+    config.checkpoint_every_steps = 100
+    config.progress_bar = False
+    config.async_checkpointing = False
+    config.eval.progress = False
+    config.eval.batch_size = 16
+    config.eval.fewshot.ks = (1, 2)
+    config.eval.fewshot.seeds = (0,)
+    config.eval.figure_pairs = 16
+    config.demo.pretrain.batch_size = 16
+    config.demo.pretrain.total_steps = 6
+    config.demo.pretrain.lr = 1e-3
+    return config
+
+
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory):
+    tfds.disable_progress_bar()
+    root = tmp_path_factory.mktemp("demo_flow")
+    config = tiny_demo_config(str(root / "data"))
+    workdir = str(root / "run")
+    out = demo_flow.run(config, workdir)
+    return config, workdir, out
+
+
+def test_report_has_every_run_with_finite_metrics(demo_run):
+    config, workdir, out = demo_run
+    with open(os.path.join(workdir, "demo_report.json")) as f:
+        report = json.load(f)
+    assert list(report["runs"]) == ["pretrained", "ft", "m2mix"]
+    for name, metrics in report["runs"].items():
+        for k in REQUIRED:
+            assert k in metrics, (name, k)
+        for k, v in metrics.items():
+            assert isinstance(v, (int, float)) and math.isfinite(v), (name, k, v)
+        # the same numbers as the run's own eval output (what eval.py writes)
+        stage = "pretrain" if name == "pretrained" else name
+        with open(os.path.join(workdir, stage, "eval", "metrics.json")) as f:
+            assert json.load(f) == metrics
+    for f in ("demo_report.md", "gap_side_by_side.png", "gap_ft_vs_m2mix.png"):
+        assert os.path.getsize(os.path.join(workdir, f)) > 1000, f
+    md = open(os.path.join(workdir, "demo_report.md")).read()
+    assert "| `retrieval/rsum` |" in md and "m2mix" in md
+    # each stage is an ordinary finished run: checkpoint at its last step
+    steps = {name: s["step"] for name, s in report["meta"]["stages"].items()}
+    assert steps == {"pretrained": 6, "ft": 3, "m2mix": 3}
+    for name in ("ft", "m2mix"):
+        _, _, _, step = train_lib.load_checkpoint(os.path.join(workdir, name))
+        assert step == 3
+
+
+def test_fine_tuning_used_the_pretrained_model_and_the_recipe(demo_run):
+    config, workdir, out = demo_run
+    pre = os.path.join(workdir, "pretrain")
+    scale_p = out["runs"]["pretrained"]["calibration/scale"]  # exp(learned logit_scale)
+    for name, method in (("ft", "clip"), ("m2mix", "m2mix")):
+        with open(os.path.join(workdir, name, "config.json")) as f:
+            cfg = json.load(f)
+        assert cfg["loss"]["method"] == method
+        assert cfg["init"] == os.path.join(pre, "model")
+        assert cfg["data"]["train_split"] == "target_train"
+        # fixed tau = the pre-trained model's learned one (tau_from_pretrained)
+        assert cfg["loss"]["temperature"] == "fixed"
+        assert 1.0 / cfg["loss"]["tau"] == pytest.approx(scale_p, rel=1e-4)
+        assert out["runs"][name]["calibration/scale"] == pytest.approx(scale_p, rel=1e-4)
+    with open(os.path.join(pre, "config.json")) as f:
+        pcfg = json.load(f)
+    assert pcfg["data"]["train_split"] == "source_train" and pcfg["init"] is None
+    assert pcfg["loss"]["temperature"] == "learned"
+    # fine-tuning changed the weights, differently per recipe
+    ft, m2 = out["runs"]["ft"], out["runs"]["m2mix"]
+    assert ft != out["runs"]["pretrained"] and ft != m2
+
+
+def _mtimes(path):
+    return {os.path.join(d, f): os.path.getmtime(os.path.join(d, f))
+            for d, _, files in os.walk(path) for f in files}
+
+
+def test_second_invocation_reuses_finished_stages(demo_run, capsys):
+    config, workdir, out = demo_run
+    ckpts = {n: _mtimes(os.path.join(workdir, d, "checkpoints"))
+             for n, d in (("pretrain", "pretrain"), ("ft", "ft"))}
+    before = os.path.getmtime(os.path.join(workdir, "pretrain", "eval", "metrics.json"))
+    out2 = demo_flow.run(config, workdir)
+    text = capsys.readouterr().out
+    assert text.count("reusing the finished run") == 3
+    for n, d in (("pretrain", "pretrain"), ("ft", "ft")):
+        assert _mtimes(os.path.join(workdir, d, "checkpoints")) == ckpts[n]
+    assert os.path.getmtime(os.path.join(workdir, "pretrain", "eval", "metrics.json")) == before
+    assert out2["runs"] == out["runs"]
+    assert f"Report: {os.path.join(workdir, 'demo_report.md')}" in text
+
+
+def test_changed_training_config_is_refused_not_resumed(demo_run):
+    config, workdir, _ = demo_run
+    import copy
+    changed = copy.deepcopy(config)
+    changed.demo.pretrain.lr = 5e-3
+    with pytest.raises(demo_flow.DemoError, match="different training config"):
+        demo_flow.run(changed, workdir)
+
+
+def test_demo_section_validation():
+    config = _demo_config()
+    assert demo_flow.run_names(config) == ["ft", "m2mix"]
+    with config.unlocked():
+        config.demo.bogus = 1
+    with pytest.raises(demo_flow.DemoError, match="demo.bogus"):
+        demo_flow.validate_demo(config)
+    config = _demo_config()
+    config.demo.runs = "ft,nope"
+    with pytest.raises(demo_flow.DemoError, match="nope"):
+        demo_flow.validate_demo(config)
+    config = _demo_config()
+    with config.ignore_type():
+        config.demo.pretrain.lr = "fast"
+    with pytest.raises(demo_flow.DemoError, match="pretrain.lr"):
+        demo_flow.validate_demo(config)
+    # the stage configs are ordinary configs: validated against configs/default.py
+    config = _demo_config()
+    for cfg in (demo_flow.pretrain_config(config),
+                demo_flow.finetune_config(config, "m2mix", "/tmp/model", 0.05)):
+        assert "demo" not in cfg
+        train_lib.validate_config(cfg)
+    with pytest.raises(ValueError, match="unknown config key"):
+        train_lib.validate_config(config)  # the demo section itself is not a train config
