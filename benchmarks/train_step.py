@@ -34,6 +34,9 @@ import time
 
 import numpy as np
 
+# Both frameworks share the accelerator: do not let XLA take 75% of its memory up front.
+os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import loss as loss_bench  # noqa: E402  (benchmarks/loss.py: torch m2mix restatement)
 
@@ -205,13 +208,21 @@ def torch_step(preset, dtype, method, batch, seed=0):
 # --------------------------------------------------------------------------- timing
 
 def time_steps(run, steps):
-    run()  # warm-up (and compile)
-    times = []
+    return time_interleaved([run], steps)[0]
+
+
+def time_interleaved(runs, steps):
+    """Median seconds per step of each run; one warm-up each, then the runs alternate
+    step by step, so a change in machine load hits them alike."""
+    for run in runs:
+        run()  # warm-up (and compile)
+    times = [[] for _ in runs]
     for _ in range(steps):
-        start = time.perf_counter()
-        run()
-        times.append(time.perf_counter() - start)
-    return float(np.median(times))
+        for i, run in enumerate(runs):
+            start = time.perf_counter()
+            run()
+            times[i].append(time.perf_counter() - start)
+    return [float(np.median(ts)) for ts in times]
 
 
 def step_table(models, batches, dtypes, methods, steps=2, use_torch=True, remat=False):
@@ -224,15 +235,30 @@ def step_table(models, batches, dtypes, methods, steps=2, use_torch=True, remat=
             for batch in batches:
                 for method in methods:
                     run, flops, ndev = jax_step(preset, dtype, method, batch, remat)
-                    s = time_steps(run, steps)
+                    # CPU: alternate the two frameworks' steps (shared, noisy machine);
+                    # accelerators: one after the other (each may need the whole memory).
+                    together = use_torch and jax.devices()[0].platform == "cpu"
+                    if together:
+                        s, s_t = time_interleaved(
+                            [run, torch_step(preset, dtype, method, batch)], steps)
+                    else:
+                        s = time_steps(run, steps)
                     del run
                     rows.append(_row(preset, dtype, batch, method, "jax (gmm_jax step)", s,
                                      flops, ndev, peak))
+                    _progress(rows[-1])
                     if use_torch:
-                        s_t = time_steps(torch_step(preset, dtype, method, batch), steps)
+                        if not together:
+                            s_t = time_steps(torch_step(preset, dtype, method, batch), steps)
                         rows.append(_row(preset, dtype, batch, method, "torch (HF CLIPModel)",
                                          s_t, flops * ndev if flops else None, 1, peak))
+                        _progress(rows[-1])
     return rows, peak, peak_src
+
+
+def _progress(r):
+    print(f"measured: {r['model']} {r['dtype']} batch {r['batch']} {r['method']} "
+          f"{r['framework']}: {r['ms']:.0f} ms/step", flush=True)
 
 
 def _row(preset, dtype, batch, method, framework, seconds, flops, ndev, peak):
@@ -267,7 +293,7 @@ def print_step_table(rows, peak_src):
                 lines.append(f"{m} {dt} batch {b}: {meth} step time / clip step time = "
                              f"{r['ms'] / c['ms']:.3f}")
     for line in lines:
-        print(line)
+        print(f"- {line}")
 
 
 def main(argv=None):
