@@ -128,9 +128,17 @@ def base_config(config) -> ml_collections.ConfigDict:
     return cfg
 
 
+def _validate(cfg, stage: str) -> None:
+    """``train_lib.validate_config`` of a stage config; its errors become DemoError."""
+    from gmm_jax import train_lib
+    try:
+        train_lib.validate_config(cfg)
+    except ValueError as e:
+        raise DemoError(f"the demo's {stage} config: {e}") from e
+
+
 def pretrain_config(config) -> ml_collections.ConfigDict:
     """Pre-training: the shared model/data settings, source split, CLIP loss."""
-    from gmm_jax import train_lib
     cfg = base_config(config)
     p = config.demo.pretrain
     cfg.init = None
@@ -146,7 +154,7 @@ def pretrain_config(config) -> ml_collections.ConfigDict:
     cfg.optim.weight_decay = float(p.weight_decay)
     cfg.seed = int(p.seed)
     cfg.eval_at_end, cfg.eval_every_steps = False, 0
-    train_lib.validate_config(cfg)
+    _validate(cfg, "pre-training")
     return cfg
 
 
@@ -166,7 +174,7 @@ def finetune_config(config, name: str, init_dir: str, pretrained_tau: Optional[f
         cfg.loss.tau = cfg.loss.tau_start = float(pretrained_tau)
         cfg.loss.tau_end = float(pretrained_tau) * ratio
     cfg.eval_at_end, cfg.eval_every_steps = False, 0
-    train_lib.validate_config(cfg)
+    _validate(cfg, f"run {name!r}")
     return cfg
 
 
@@ -280,6 +288,7 @@ def evaluate_stage(stage_cfg, ecfg, stage_dir: str, mesh, title: str) -> str:
           "data": json.loads(cfg.data.to_json_best_effort(sort_keys=True)),
           "temperature": cfg.loss.temperature}
     fp["data"].pop("train_split", None)
+    fp["eval"].pop("progress", None)
     marker = _read_json(os.path.join(out, EVAL_MARKER))
     if marker == fp and os.path.exists(os.path.join(out, "metrics.json")):
         return out

@@ -1,19 +1,23 @@
-"""The demo flow end to end at toy size: pre-train, fine-tune (ft, m2mix), evaluate, report;
-then a second invocation that must reuse every finished stage."""
+"""The demo flow end to end at toy size through ``python train.py`` (pre-train, fine-tune
+ft and m2mix, evaluate, report); then a second invocation that must reuse every finished
+stage.
+
+The first invocation runs in a subprocess on one CPU device with XLA's backend
+optimisation off: compiling the three train steps dominates this test, and that halves it
+(the demo's own command also runs on one device). Sharded training and evaluation are
+tested elsewhere."""
 import json
 import math
 import os
+import subprocess
 import sys
 
 import pytest
-import tensorflow_datasets as tfds
 
 from gmm_jax import demo_flow, train_lib
-from gmm_jax.data import demo
+from tests.demo_tiny_config import demo_config as _demo_config, get_config as tiny_demo_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SPLITS = {"source_train": 64, "source_test": 16, "target_train": 48, "target_test": 32,
-          "shift_background": 16, "shift_combo": 16}
 REQUIRED = (["retrieval/i2t_r1", "retrieval/t2i_r1", "retrieval/i2t_r5", "retrieval/t2i_r10",
              "retrieval/rsum", "retrieval_shift_background/rsum", "retrieval_shift_combo/rsum",
              "gap/centroid_distance", "gap/linear_separability", "gap/uniformity",
@@ -23,54 +27,26 @@ REQUIRED = (["retrieval/i2t_r1", "retrieval/t2i_r1", "retrieval/i2t_r5", "retrie
              "zeroshot/mean_top1", "fewshot/k1", "arithmetic/demo/score"])
 
 
-def _demo_config():
-    sys.path.insert(0, os.path.join(ROOT, "configs"))
-    try:
-        import demo as demo_cfg_module  # configs/demo.py
-    finally:
-        sys.path.pop(0)
-    return demo_cfg_module.get_config()
-
-
-def tiny_demo_config(data_dir):
-    """configs/demo.py shrunk: the tiny preset, a few dozen examples, a few steps."""
-    config = _demo_config()
-    config.model.preset = "tiny"
-    for f in train_lib.MODEL_FIELDS:
-        config.model[f] = None
-    # one block per tower: the three train steps' compile time dominates this test
-    config.model.vision_layers = config.model.text_layers = 1
-    config.tokenizer_vocab_size = 600
-    config.data.data_dir = data_dir
-    with config.ignore_type():
-        config.data.demo_config = demo.GmmDemoConfig(name="demoflow", split_sizes=dict(SPLITS),
-                                                     num_workers=1)
-    config.data.shuffle_buffer = 64
-    config.batch_size = 16
-    config.total_steps = 3
-    config.log_every_steps = 1
-    config.checkpoint_every_steps = 100
-    config.progress_bar = False
-    config.async_checkpointing = False
-    config.eval.progress = False
-    config.eval.batch_size = 16
-    config.eval.fewshot.ks = (1, 2)
-    config.eval.fewshot.seeds = (0,)
-    config.eval.figure_pairs = 16
-    config.demo.pretrain.batch_size = 16
-    config.demo.pretrain.total_steps = 6
-    config.demo.pretrain.lr = 1e-3
-    return config
-
-
 @pytest.fixture(scope="module")
 def demo_run(tmp_path_factory):
-    tfds.disable_progress_bar()
     root = tmp_path_factory.mktemp("demo_flow")
-    config = tiny_demo_config(str(root / "data"))
-    workdir = str(root / "run")
-    out = demo_flow.run(config, workdir)
-    return config, workdir, out
+    data_dir, workdir = str(root / "data"), str(root / "run")
+    env = dict(os.environ, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="2",
+               XLA_FLAGS="--xla_force_host_platform_device_count=1 "
+                         "--xla_backend_optimization_level=0")
+    proc = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "train.py"),
+         f"--config={os.path.join(ROOT, 'tests', 'demo_tiny_config.py')}:{data_dir}",
+         f"--workdir={workdir}"], cwd=ROOT, env=env, capture_output=True, text=True,
+        timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    for banner in ("[1/5] pre-training", "[2/5] fine-tuning 'ft'", "[3/5] fine-tuning 'm2mix'",
+                   "[4/5] evaluating", "[5/5] report"):
+        assert banner in proc.stdout, banner
+    assert f"Report: {os.path.join(workdir, 'demo_report.md')}" in proc.stdout
+    with open(os.path.join(workdir, "demo_report.json")) as f:
+        runs = json.load(f)["runs"]
+    return tiny_demo_config(data_dir), workdir, {"runs": runs}
 
 
 def test_report_has_every_run_with_finite_metrics(demo_run):
@@ -175,3 +151,6 @@ def test_demo_section_validation():
         train_lib.validate_config(cfg)
     with pytest.raises(ValueError, match="unknown config key"):
         train_lib.validate_config(config)  # the demo section itself is not a train config
+    config.log_every_steps = 0  # a stage config error names the stage and the key
+    with pytest.raises(demo_flow.DemoError, match="pre-training config: config.log_every_steps"):
+        demo_flow.pretrain_config(config)

@@ -1,0 +1,52 @@
+"""configs/demo.py shrunk for tests: the tiny preset with one block per tower, a few dozen
+generated examples per split, a few steps per stage.
+
+    python train.py --config=tests/demo_tiny_config.py:DATA_DIR --workdir=W
+"""
+import os
+import sys
+
+_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SPLITS = {"source_train": 64, "source_test": 16, "target_train": 48, "target_test": 32,
+          "shift_background": 16, "shift_combo": 16}
+
+
+def demo_config():
+    """configs/demo.py's get_config()."""
+    sys.path.insert(0, os.path.join(_ROOT, "configs"))
+    try:
+        import demo as demo_cfg_module
+    finally:
+        sys.path.pop(0)
+    return demo_cfg_module.get_config()
+
+
+def get_config(data_dir=None):
+    from gmm_jax import train_lib
+    from gmm_jax.data import demo
+    config = demo_config()
+    config.model.preset = "tiny"
+    for f in train_lib.MODEL_FIELDS:
+        config.model[f] = None
+    config.model.vision_layers = config.model.text_layers = 1
+    config.tokenizer_vocab_size = 600
+    config.data.data_dir = data_dir or None
+    with config.ignore_type():
+        config.data.demo_config = demo.GmmDemoConfig(name="demoflow", split_sizes=dict(SPLITS),
+                                                     num_workers=1)
+    config.data.shuffle_buffer = 64
+    config.batch_size = 16
+    config.total_steps = 3
+    config.log_every_steps = 1
+    config.checkpoint_every_steps = 100
+    config.progress_bar = False
+    config.async_checkpointing = False
+    config.eval.progress = False
+    config.eval.batch_size = 16
+    config.eval.fewshot.ks = (1, 2)
+    config.eval.fewshot.seeds = (0,)
+    config.eval.figure_pairs = 16
+    config.demo.pretrain.batch_size = 16
+    config.demo.pretrain.total_steps = 6
+    config.demo.pretrain.lr = 1e-3
+    return config
