@@ -23,7 +23,8 @@ def main():
     p.add_argument("--method", default="m2mix")
     p.add_argument("--loss-impl", default="global")
     args = p.parse_args()
-    os.environ["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={args.devices}"
+    os.environ["XLA_FLAGS"] = (f"--xla_force_host_platform_device_count={args.devices} "
+                               "--xla_backend_optimization_level=0")  # compile time dominates
     os.environ["JAX_PLATFORMS"] = "cpu"
     import jax
     if args.num_processes > 1:

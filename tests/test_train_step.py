@@ -37,17 +37,18 @@ def _one_device(method):
 
 
 def test_eight_devices_equal_one_device():
-    """The whole step (towers, m3mix with soft swapping, backward) on an 8-device mesh."""
+    """The whole step (towers, m2mix with hard swapping, backward) on an 8-device mesh
+    (every recipe's objective is compared across meshes below, at lower cost)."""
     assert jax.device_count() == 8
-    one = _one_device("m3mix")
-    _assert_same(one, run_step("m3mix", "global", jax.devices()), "8 devices vs 1")
+    one = _one_device("m2mix")
+    _assert_same(one, run_step("m2mix", "global", jax.devices()), "8 devices vs 1")
     # The gradient is not trivially zero (the comparison means something).
     assert max(float(np.max(np.abs(g))) for g in one[1].values()) > 1e-4
 
 
 def test_local_loss_step_equals_global():
-    ref = _one_device("m3mix")
-    local = run_step("m3mix", "local", jax.devices())
+    ref = _one_device("m2mix")
+    local = run_step("m2mix", "local", jax.devices())
     _assert_same(ref, local, "local loss on 8 devices vs global on 1")
     for k, x in ref[2].items():  # every logged term, lam draws included
         assert np.allclose(np.asarray(x), np.asarray(local[2][k]), rtol=1e-5, atol=1e-6), k

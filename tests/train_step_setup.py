@@ -27,7 +27,7 @@ def loss_config(method: str):
     cfg = train_lib.default_config().loss
     cfg.method = method
     cfg.temperature = "learned"
-    cfg.swap = "soft" if method == "m3mix" else "none"
+    cfg.swap = {"m3mix": "soft", "m2mix": "hard"}.get(method, "none")
     cfg.swap_p = 0.5
     return cfg
 
