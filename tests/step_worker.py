@@ -34,7 +34,7 @@ def main():
     import numpy as np
 
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    from tests.train_step_setup import batch_arrays, make_step
+    from tests.train_step_setup import batch_arrays, flat_leaves, make_step
 
     step, state, mesh, data_sharding = make_step(args.method, args.loss_impl)
     images, tokens = batch_arrays()
@@ -47,10 +47,9 @@ def main():
     new, metrics = step(state, batch, np.int32(0))
     params1 = jax.tree.map(lambda a: np.asarray(a.addressable_data(0)), new["params"])
     grads = jax.tree.map(lambda a, b: a - b, params0, params1)
-    leaves = jax.tree_util.tree_flatten_with_path(grads)[0]
     if jax.process_index() == 0:
         np.savez(args.out, loss=np.asarray(metrics["loss/total"].addressable_data(0)),
-                 **{jax.tree_util.keystr(k): v for k, v in leaves})
+                 **flat_leaves(grads))
     print(f"process {jax.process_index()}/{jax.process_count()}: "
           f"{jax.device_count()} devices, loss {float(metrics['loss/total'].addressable_data(0)):.6f}")
 

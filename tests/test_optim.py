@@ -9,6 +9,7 @@ import pytest
 
 from gmm_jax import optim, train_lib, train_state as ts
 from gmm_jax.models import CLIP, init_params, presets
+from tests.train_step_setup import flat_leaves
 
 
 def _config(**optim_overrides):
@@ -18,15 +19,11 @@ def _config(**optim_overrides):
     return cfg
 
 
-def _flat(tree):
-    return {jax.tree_util.keystr(k): v for k, v in jax.tree_util.tree_flatten_with_path(tree)[0]}
-
-
 def test_decay_mask_on_the_clip_parameter_tree():
     params = jax.eval_shape(lambda: init_params(CLIP(presets.get_config("tiny")),
                                                 jax.random.key(0)))
-    mask = _flat(optim.decay_mask(params))
-    shapes = {k: v.shape for k, v in _flat(params).items()}
+    mask = flat_leaves(optim.decay_mask(params))
+    shapes = {k: v.shape for k, v in flat_leaves(params).items()}
     for k, decayed in mask.items():
         never = (len(shapes[k]) < 2 or "positional_embedding" in k or "class_embedding" in k
                  or "logit_scale" in k)

@@ -10,6 +10,20 @@ from gmm_jax.models import CLIP, init_params, presets
 GLOBAL_BATCH = 16
 
 
+def flat_leaves(tree) -> dict:
+    """``{"['a']['b']": leaf}``: a parameter tree keyed by path, for leaf-wise comparison."""
+    return {jax.tree_util.keystr(k): v for k, v in jax.tree_util.tree_flatten_with_path(tree)[0]}
+
+
+def assert_grads_close(want: dict, got: dict, what: str, tol: float = 1e-5) -> None:
+    """Same keys; each leaf within ``tol`` of ``want`` relative to max(1, max |want|)."""
+    assert want.keys() == got.keys(), what
+    for k in want:
+        scale = max(1.0, float(np.max(np.abs(want[k]))))
+        err = float(np.max(np.abs(np.asarray(want[k]) - np.asarray(got[k]))))
+        assert err <= tol * scale, f"{what}: {k} differs by {err}"
+
+
 def batch_arrays(n: int = GLOBAL_BATCH, seed: int = 0):
     """Deterministic images (n, 32, 32, 3) f32 and tokens (n, 16) i32 (EOT = argmax)."""
     rng = np.random.default_rng(seed)
@@ -62,5 +76,4 @@ def run_step(method: str, loss_impl: str, devices):
     new, metrics = step(state, batch, np.int32(0))
     grads = jax.tree.map(lambda a, b: np.asarray(a) - np.asarray(b), params0,
                          jax.device_get(new["params"]))
-    flat = {jax.tree_util.keystr(k): v for k, v in jax.tree_util.tree_flatten_with_path(grads)[0]}
-    return float(metrics["loss/total"]), flat, metrics
+    return float(metrics["loss/total"]), flat_leaves(grads), metrics
