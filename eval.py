@@ -99,8 +99,6 @@ def main(argv):
         config.eval = eval_lib.default_eval_config()
     model, params, tok, out = _load_model()
     out = _OUT.value or out
-    if not _CHECKPOINT.value:  # a run's logit_scale is in its temperature parameterisation
-        eval_lib.use_run_temperature(config, _WORKDIR.value)
     mesh = None
     if not _NO_SHARD.value and jax.device_count() > 1:
         mesh = jax.make_mesh((jax.device_count(),), ("data",), axis_types=(AxisType.Auto,))

@@ -66,9 +66,10 @@ class TrainCheckpointer:
         self.manager.close()
 
 
-def restore_params(workdir: str, step: Optional[int] = None) -> tuple[Any, int]:
-    """``(params as NumPy arrays, step)`` from a run's checkpoints (latest by default),
-    without the optimiser state's structure or the devices it was saved from."""
+def restore_params(workdir: str, step: Optional[int] = None) -> tuple[Any, int, dict]:
+    """``(params as NumPy arrays, step, run config dict)`` from a run's checkpoints
+    (latest by default), without the optimiser state's structure or the devices it was
+    saved from. The config is the one saved with that step (``{}`` if it has none)."""
     directory = os.path.join(os.path.abspath(workdir), CHECKPOINT_DIR)
     if not os.path.isdir(directory):
         raise FileNotFoundError(f"{workdir}: no {CHECKPOINT_DIR}/ directory (not a training "
@@ -88,7 +89,8 @@ def restore_params(workdir: str, step: Optional[int] = None) -> tuple[Any, int]:
         with warnings.catch_warnings():  # host NumPy arrays: the saved sharding is moot
             warnings.filterwarnings("ignore", message="Sharding info not provided")
             out = mngr.restore(step, args=ocp.args.Composite(
-                state=ocp.args.PyTreeRestore(item=tree, restore_args=restore_args)))
-        return out.state["params"], int(step)
+                state=ocp.args.PyTreeRestore(item=tree, restore_args=restore_args),
+                config=ocp.args.JsonRestore()))
+        return out.state["params"], int(step), dict(out.config or {})
     finally:
         mngr.close()

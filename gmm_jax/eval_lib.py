@@ -199,35 +199,13 @@ def model_dims(model) -> tuple[int, int]:
                         "config.context_length") from e
 
 
-def use_run_temperature(config, workdir: str) -> None:
-    """Set ``config.loss.temperature`` / ``temp_exp_s`` to those of the training run in
-    ``workdir`` (its config.json): with ``softplus`` / ``exp`` the checkpoint's
-    ``logit_scale`` holds ``nu``, not ``log(scale)``. No-op without a config.json."""
-    path = os.path.join(workdir, "config.json")
-    if not os.path.exists(path) or "loss" not in config:
-        return
-    with open(path) as f:
-        run_loss = json.load(f).get("loss", {})
-    if "temperature" in run_loss:
-        with config.unlocked():
-            config.loss.temperature = run_loss["temperature"]
-            config.loss.temp_exp_s = float(run_loss.get("temp_exp_s", 1.0))
-
-
-def model_scale(params, loss_cfg=None) -> float:
-    """The model's own contrastive multiplier: ``exp(params['logit_scale'])`` (OpenAI
-    layout), or ``losses.scale_from_param`` when ``loss_cfg.temperature`` is a
-    reparameterisation (``softplus``/``exp``) whose parameter sits in that slot."""
+def model_scale(params) -> float:
+    """The model's own contrastive multiplier ``exp(params['logit_scale'])`` (OpenAI
+    layout: ``train_lib.load_checkpoint`` converts reparameterised runs to it)."""
     if "logit_scale" not in params:
         raise EvalError("params have no 'logit_scale'; pass scale= or set "
                         "config.eval.calibration.scale")
-    param = np.asarray(params["logit_scale"], np.float64)
-    mode = loss_cfg.get("temperature") if loss_cfg is not None and hasattr(loss_cfg, "get") else None
-    if mode in ("softplus", "exp"):
-        from gmm_jax import losses
-        s = loss_cfg.get("temp_exp_s") or 1.0
-        return float(losses.scale_from_param(mode, param, s))
-    return float(np.exp(param))
+    return float(np.exp(np.asarray(params["logit_scale"], np.float64)))
 
 
 # --------------------------------------------------------------------------
@@ -427,9 +405,8 @@ def evaluate(model, params, tokenizer, config, out_dir: str, scale: float | None
         optionally ``eval``.
       out_dir: output directory (created).
       scale: contrastive multiplier for calibration/zero-shot; default
-        ``config.eval.calibration.scale`` if > 0, else the model's own (``model_scale``:
-        ``exp(params['logit_scale'])``, or the ``softplus``/``exp`` reparameterisation
-        named by ``config.loss.temperature``).
+        ``config.eval.calibration.scale`` if > 0, else the model's own
+        ``exp(params['logit_scale'])`` (``model_scale``).
       mesh: optional ``jax.sharding.Mesh`` with a ``data`` axis.
     Returns:
       the flat metrics dict.
@@ -441,9 +418,8 @@ def evaluate(model, params, tokenizer, config, out_dir: str, scale: float | None
     if unknown:
         raise EvalError(f"config.eval.suites: unknown suite(s) {unknown}; known: {list(SUITES)}")
     if scale is None:
-        loss_cfg = config.get("loss") if hasattr(config, "get") else None
         scale = (ecfg.calibration.scale if ecfg.calibration.scale > 0
-                 else model_scale(params, loss_cfg))
+                 else model_scale(params))
     dims = model_dims(model)
     os.makedirs(out_dir, exist_ok=True)
     enc = Encoder(model, params, ecfg.batch_size, mesh, ecfg.progress)

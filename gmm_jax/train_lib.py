@@ -11,6 +11,7 @@ import json
 import logging
 import os
 import signal
+import sys
 import time
 from typing import Any, Optional
 
@@ -160,17 +161,33 @@ def build_model_and_tokenizer(config, workdir: str, load_params: bool = True):
 
 def load_checkpoint(workdir: str, step: Optional[int] = None):
     """``(model, params, tokenizer, step)`` of a training run (latest step by default).
-    ``params["logit_scale"]`` holds the run's temperature parameter (see
-    docs/training.md). Raises FileNotFoundError / ValueError naming what is missing."""
+
+    ``params["logit_scale"]`` is OpenAI's ``log(scale)`` whatever the run's
+    ``loss.temperature`` (``softplus``/``exp`` runs train ``nu`` in that slot; it is
+    converted here), so eval, ``save_pretrained`` and ``to_hf`` need nothing else.
+    Raises FileNotFoundError / ValueError naming what is missing."""
     from gmm_jax import pretrained
     from gmm_jax.tokenizer import Tokenizer
     mcfg = pretrained.load_config(workdir)
-    params, step = checkpointing.restore_params(workdir, step)
+    params, step, run_config = checkpointing.restore_params(workdir, step)
     tok_dir = os.path.join(workdir, pretrained.TOKENIZER_DIR)
     if not os.path.isdir(tok_dir):
         raise FileNotFoundError(f"{workdir}: no {pretrained.TOKENIZER_DIR}/ directory")
     tok = Tokenizer.from_path(tok_dir, context_length=mcfg.context_length)
+    params = openai_logit_scale(params, run_config.get("loss", {}))
     return CLIP(mcfg), jax.tree.map(jnp.asarray, params), tok, step
+
+
+def openai_logit_scale(params, loss_cfg) -> Any:
+    """``params`` with a ``softplus``/``exp`` run's ``nu`` in ``logit_scale`` replaced by
+    ``log(scale_from_param(nu))``; other runs' params are returned as they are."""
+    mode = loss_cfg.get("temperature")
+    if mode not in ("softplus", "exp") or "logit_scale" not in params:
+        return params
+    nu = np.asarray(params["logit_scale"])
+    s = float(loss_cfg.get("temp_exp_s") or 1.0)
+    log_scale = np.log(np.asarray(losses.scale_from_param(mode, nu, s), np.float64))
+    return {**params, "logit_scale": log_scale.astype(nu.dtype)}
 
 
 # --------------------------------------------------------------------------- logging
@@ -213,9 +230,12 @@ class _Logger:
         metrics = {k: float(v) for k, v in metrics.items()} | {"images_per_sec": ips}
         if self.writer is not None:
             _write_scalars(self.writer, step, metrics)
-        if self.bar is not None:
+        line = f"step {step}: " + ", ".join(f"{k}={v:.4g}" for k, v in sorted(metrics.items()))
+        if self.bar is not None:  # printed above the bar, not through it
             self.bar.set_postfix(loss=f"{metrics['loss/total']:.4f}", img_s=f"{ips:.0f}")
-        log.info("step %d: %s", step, ", ".join(f"{k}={v:.4g}" for k, v in sorted(metrics.items())))
+            self.bar.write(line, file=sys.stderr)
+        else:
+            log.info(line)
         return metrics
 
     def close(self):

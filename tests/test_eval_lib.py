@@ -130,11 +130,6 @@ def test_default_config_and_helpers():
     assert eval_lib.as_list(" a, b ,,c") == ["a", "b", "c"] and eval_lib.as_list(("x",)) == ["x"]
     assert list(eval_lib._take(iter([np.zeros(4), np.zeros(4), np.zeros(4)]), 6)) [-1].shape == (2,)
     assert eval_lib.model_scale({"logit_scale": np.log(50.0)}) == pytest.approx(50.0)
-    import ml_collections
-    sp = ml_collections.ConfigDict({"temperature": "softplus", "temp_exp_s": 1.0})
-    assert eval_lib.model_scale({"logit_scale": 3.0}, sp) == pytest.approx(np.log1p(np.exp(3.0)))
-    ex = ml_collections.ConfigDict({"temperature": "exp", "temp_exp_s": 4.0})
-    assert eval_lib.model_scale({"logit_scale": 8.0}, ex) == pytest.approx(np.exp(2.0), rel=1e-6)
     with pytest.raises(eval_lib.EvalError, match="logit_scale"):
         eval_lib.model_scale({})
 
@@ -200,22 +195,3 @@ def test_missing_dataset_and_bad_config_are_clear(fake, demo_data, tmp_path):
                                                         "arithmetic.simat_dir": str(tmp_path / "x")})
     with pytest.raises(eval_lib.EvalError, match="SIMAT"):
         eval_lib.evaluate(model, params, tok, simat, str(tmp_path))
-
-
-def test_use_run_temperature_reads_the_runs_parameterisation(tmp_path):
-    from gmm_jax import train_lib
-    config = train_lib.default_config()
-    config.loss.temperature = "learned"
-    params = {"logit_scale": np.float32(12.0)}
-    assert eval_lib.model_scale(params, config.loss) == pytest.approx(math.exp(12.0), rel=1e-5)
-    eval_lib.use_run_temperature(config, str(tmp_path))  # no config.json: unchanged
-    assert config.loss.temperature == "learned"
-    with open(tmp_path / "config.json", "w") as f:
-        json.dump({"loss": {"temperature": "exp", "temp_exp_s": 4.0}}, f)
-    eval_lib.use_run_temperature(config, str(tmp_path))
-    assert eval_lib.model_scale(params, config.loss) == pytest.approx(math.exp(3.0), rel=1e-5)
-    with open(tmp_path / "config.json", "w") as f:
-        json.dump({"loss": {"temperature": "softplus"}}, f)
-    eval_lib.use_run_temperature(config, str(tmp_path))
-    assert eval_lib.model_scale(params, config.loss) == pytest.approx(
-        math.log1p(math.exp(12.0)), rel=1e-5)

@@ -40,7 +40,7 @@ def uninterrupted(tmp_path_factory, data_dir):
 
 
 def _params(workdir, step=None):
-    params, step = checkpointing.restore_params(str(workdir), step)
+    params, step, _ = checkpointing.restore_params(str(workdir), step)
     return flat_leaves(params), step
 
 

@@ -1,0 +1,58 @@
+"""train_lib.load_checkpoint hands out OpenAI's ``logit_scale = log(scale)`` for every
+temperature mode, so eval, save_pretrained and to_hf need not know how a run was trained."""
+import json
+import math
+
+import jax
+import numpy as np
+import pytest
+
+from gmm_jax import checkpointing, eval_lib, pretrained, train_lib
+from gmm_jax.models import CLIP, get_config, init_params
+from gmm_jax.tokenizer import Tokenizer
+
+
+def _softplus64(x):
+    return math.log1p(math.exp(x))
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    model = CLIP(get_config("tiny"))
+    params = jax.tree.map(np.asarray, init_params(model, jax.random.key(0)))
+    tok = Tokenizer.train(["a red square", "a blue circle on stripes"] * 4, vocab_size=520)
+    return model, params, tok
+
+
+def _fake_run(workdir, tiny, nu, loss_cfg):
+    """A workdir as train.py leaves it: model_config.json, tokenizer/, a checkpoint
+    whose state holds ``nu`` in ``logit_scale`` and whose config names the mode."""
+    model, params, tok = tiny
+    pretrained.save_config(str(workdir), model.config)
+    tok.save(str(workdir / pretrained.TOKENIZER_DIR))
+    state = {"params": {**params, "logit_scale": np.float32(nu)}, "step": np.int32(7)}
+    ckpt = checkpointing.TrainCheckpointer(str(workdir), async_save=False)
+    ckpt.save(7, state, {"epoch": 0}, json.dumps({"loss": loss_cfg}))
+    ckpt.close()
+
+
+@pytest.mark.parametrize("loss_cfg,nu,expected_scale", [
+    ({"temperature": "softplus", "temp_exp_s": 1.0}, 2.0, _softplus64(2.0)),
+    ({"temperature": "softplus", "temp_exp_s": 1.0}, -1.0, _softplus64(-1.0)),
+    ({"temperature": "exp", "temp_exp_s": 4.0}, 14.0, math.exp(14.0 / 4.0)),
+    ({"temperature": "learned"}, 4.2, math.exp(4.2)),
+    ({"temperature": "fixed", "tau": 0.01}, math.log(100.0), 100.0),
+])
+def test_logit_scale_is_log_scale_whatever_the_mode(tmp_path, tiny, loss_cfg, nu,
+                                                    expected_scale):
+    _fake_run(tmp_path, tiny, nu, loss_cfg)
+    _, params, _, step = train_lib.load_checkpoint(str(tmp_path))
+    assert step == 7
+    assert float(params["logit_scale"]) == pytest.approx(math.log(expected_scale), rel=1e-6)
+    assert eval_lib.model_scale(params) == pytest.approx(expected_scale, rel=1e-5)
+    # The other parameters come back untouched.
+    ref = {k: v for k, v in tiny[1].items() if k != "logit_scale"}
+    got = {k: v for k, v in params.items() if k != "logit_scale"}
+    assert jax.tree.structure(ref) == jax.tree.structure(got)
+    for a, b in zip(jax.tree.leaves(ref), jax.tree.leaves(got)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
