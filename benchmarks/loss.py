@@ -10,7 +10,9 @@ it has one, else CPU):
           slerp without guards, ``v @ slerp(v, t).T`` and ``t @ slerp(v, t).T``, dense
           ``I`` / ``1 - I`` masks, soft-target cross-entropy against ``torch.eye``), and
           ``torch.compile`` of it with ``--compile``,
-  - one plain N x N x D matmul: the unit of work. "mm-eq" = time / matmul time.
+  - one plain N x N x D matmul: the unit of work. "mm-eq" = time / matmul time,
+  - the bare N x N x D products clip and clip + m2mix need forward + backward (3 and 7),
+    without the loss arithmetic: the floor the recipes are measured against.
 
 Timing: every case is compiled/warmed up, then the cases are run round-robin
 ``--repeats`` times and the best time is kept (the machine may be shared).
@@ -157,7 +159,31 @@ def jax_cases(n, d, methods, seed=0):
                        _temp_bytes(compiled), _flops(compiled), count)
     mm = jax.jit(lambda a, b: a @ b.T).lower(v, t).compile()
     cases[f"jax {MATMUL}"] = (lambda: jax.block_until_ready(mm(v, t)), None, 2.0 * n * n * d, 1)
+    for method, fn in products_only(methods).items():
+        prog = jax.jit(fn).lower(v, t).compile()
+        count = MATMUL_COUNT[method]
+        cases[f"jax floor: {method}'s {count} products"] = (
+            lambda c=prog: jax.block_until_ready(c(v, t)), None, _flops(prog), count)
     return cases
+
+
+def products_only(methods):
+    """The bare N x N x D products a formulation needs forward + backward, no loss
+    arithmetic: what the recipe would cost if everything else were free (the floor)."""
+    import jax.numpy as jnp
+
+    def clip(v, t):  # S; dS @ t, dS^T @ v
+        s = v @ t.T
+        return s @ t, jnp.einsum("nm,nd->md", s, v)
+
+    def m2mix(v, t):  # S, v v^T, t t^T; dS @ t + dGv @ v, dS^T @ v + dGt @ t
+        s, gv, gt = v @ t.T, v @ v.T, t @ t.T
+        return s @ t + gv @ v, jnp.einsum("nm,nd->md", s, v) + gt @ t
+
+    out = {"clip": clip}
+    if "m2mix" in methods:
+        out["m2mix"] = m2mix
+    return out
 
 
 def _temp_bytes(compiled):
@@ -369,6 +395,14 @@ def print_loss_table(n, d, rows, mm_gflops):
         print(f"| {r['case']} | {r['ms']:.1f} | {r['mm_eq']:.2f} | {_fmt(r['x_clip'], '.2f')} | "
               f"{_fmt(r['x_ours'], '.2f')} | {_fmt(r['gflops'], '.1f')} | "
               f"{_fmt(r['xla_gflops'], '.1f')} | {_fmt(r['mem_mb'], '.0f')} |")
+    by = {r["case"]: r["ms"] for r in rows}
+    floor = [by.get(f"jax floor: {m}'s {MATMUL_COUNT[m]} products") for m in ("clip", "m2mix")]
+    if None not in floor and "jax clip+m2mix (objective)" in by and "jax clip_loss" in by:
+        print(f"\nclip+m2mix / clip_loss: {by['jax clip+m2mix (objective)'] / by['jax clip_loss']:.2f}x"
+              f" (their bare products alone: {floor[1] / floor[0]:.2f}x)")
+    eager = by.get("torch eager clip+m2mix (authors')")
+    if eager and "jax clip+m2mix (objective)" in by:
+        print(f"torch eager (authors') / jax clip+m2mix: {eager / by['jax clip+m2mix (objective)']:.2f}x")
 
 
 # ---------------------------------------------------------------------- local loss

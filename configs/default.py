@@ -68,7 +68,8 @@ def _eval():
 def get_config() -> ml_collections.ConfigDict:
     config = ml_collections.ConfigDict()
     config.seed = 0
-    # Converted model directory (python -m gmm_jax.convert --out DIR); None = from scratch.
+    # Converted model directory (python -m gmm_jax.convert --out DIR) or another run's
+    # workdir (its latest checkpoint); None = from scratch.
     config.init = config_dict.placeholder(str)
     config.model = _model()
     # Tokenizer: a HF tokenizer dir or bpe_simple_vocab_16e6.txt.gz; None = the init

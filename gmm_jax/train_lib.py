@@ -125,7 +125,8 @@ def _train_tokenizer(config, vocab_size: int, context_length: int):
 def build_model_and_tokenizer(config, workdir: str, load_params: bool = True):
     """``(model, params or None, tokenizer)``. Resumed runs reuse the workdir's
     ``model_config.json`` and ``tokenizer/``; otherwise ``config.init`` (a converted
-    model directory) or ``config.model.preset`` + overrides, from scratch."""
+    model directory, or another run's workdir: its latest checkpoint) or
+    ``config.model.preset`` + overrides, from scratch."""
     from gmm_jax import pretrained
     from gmm_jax.tokenizer import Tokenizer
     run_cfg = {"dtype": config.model.dtype, "remat": bool(config.model.remat)}
@@ -134,7 +135,13 @@ def build_model_and_tokenizer(config, workdir: str, load_params: bool = True):
         mcfg = pretrained.load_config(workdir).replace(**run_cfg)
         tok = Tokenizer.from_path(tok_dir, context_length=mcfg.context_length)
         return CLIP(mcfg), None, tok
-    if config.init:
+    if config.init and os.path.isdir(os.path.join(config.init, checkpointing.CHECKPOINT_DIR)):
+        model, params, tok, _ = load_checkpoint(config.init)  # a training run's workdir
+        mcfg = model.config.replace(**run_cfg)
+        model = CLIP(mcfg)
+        if config.tokenizer:
+            tok = Tokenizer.from_path(config.tokenizer, context_length=mcfg.context_length)
+    elif config.init:
         model, params, tok = pretrained.load_pretrained(config.init, **run_cfg)
         mcfg = model.config
         if config.tokenizer:

@@ -54,12 +54,16 @@ def test_loss_benchmark_smoke(capsys):
     rows, mm_gflops = result["loss"][(64, 32)]
     names = [r["case"] for r in rows]
     assert names == ["jax clip_loss", "jax clip+m2mix (objective)", "jax clip_loss + m2mix_loss",
-                     f"jax {loss_bench.MATMUL}", "torch eager clip (authors')",
+                     f"jax {loss_bench.MATMUL}", "jax floor: clip's 3 products",
+                     "jax floor: m2mix's 7 products", "torch eager clip (authors')",
                      "torch eager clip+m2mix (authors')"]
     assert _finite_positive(mm_gflops)
     for r in rows:
         assert _finite_positive(r["ms"]) and _finite_positive(r["mm_eq"]), r
     assert all(_finite_positive(r["mem_mb"]) for r in rows if r["case"].startswith("jax clip"))
+    # The floor programs do exactly the products they are named after (XLA's count).
+    for r in rows[4:6]:
+        assert r["xla_gflops"] == pytest.approx(r["gflops"], rel=0.01), r
     local = result["local"]
     assert [(r["method"], r["n"]) for r in local] == [("m2mix", 64)]
     assert all(r[k] and r[k] > 0 for r in local for k in ("global_1", "global_k", "local_k"))

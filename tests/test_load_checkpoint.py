@@ -36,6 +36,15 @@ def _fake_run(workdir, tiny, nu, loss_cfg):
     ckpt.close()
 
 
+def _assert_same_weights(saved, got):
+    """Everything but ``logit_scale`` comes back exactly as saved."""
+    saved = {k: v for k, v in saved.items() if k != "logit_scale"}
+    got = {k: v for k, v in got.items() if k != "logit_scale"}
+    assert jax.tree.structure(saved) == jax.tree.structure(got)
+    for a, b in zip(jax.tree.leaves(saved), jax.tree.leaves(got)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
 @pytest.mark.parametrize("loss_cfg,nu,expected_scale", [
     ({"temperature": "softplus", "temp_exp_s": 1.0}, 2.0, _softplus64(2.0)),
     ({"temperature": "softplus", "temp_exp_s": 1.0}, -1.0, _softplus64(-1.0)),
@@ -50,9 +59,19 @@ def test_logit_scale_is_log_scale_whatever_the_mode(tmp_path, tiny, loss_cfg, nu
     assert step == 7
     assert float(params["logit_scale"]) == pytest.approx(math.log(expected_scale), rel=1e-6)
     assert eval_lib.model_scale(params) == pytest.approx(expected_scale, rel=1e-5)
-    # The other parameters come back untouched.
-    ref = {k: v for k, v in tiny[1].items() if k != "logit_scale"}
-    got = {k: v for k, v in params.items() if k != "logit_scale"}
-    assert jax.tree.structure(ref) == jax.tree.structure(got)
-    for a, b in zip(jax.tree.leaves(ref), jax.tree.leaves(got)):
-        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    _assert_same_weights(tiny[1], params)
+
+
+def test_a_runs_workdir_can_start_another_run(tmp_path, tiny):
+    """config.init = a training workdir: its latest checkpoint, in OpenAI layout, with
+    this run's compute dtype."""
+    run = tmp_path / "first"
+    _fake_run(run, tiny, 2.0, {"temperature": "softplus", "temp_exp_s": 1.0})
+    config = train_lib.default_config()
+    config.init = str(run)
+    config.model.dtype = "bfloat16"
+    model, params, tok = train_lib.build_model_and_tokenizer(config, str(tmp_path / "second"))
+    assert model.config.dtype == "bfloat16" and model.config.embed_dim == tiny[0].config.embed_dim
+    assert tok.vocab_size == tiny[2].vocab_size
+    assert float(params["logit_scale"]) == pytest.approx(math.log(_softplus64(2.0)), rel=1e-6)
+    _assert_same_weights(tiny[1], params)
