@@ -7,9 +7,11 @@
 
 The architecture is read off the tensor shapes (head counts and activation from the
 source's config file where it has one, else OpenAI's conventions: 64-wide heads,
-quick_gelu). CLI (writes a model directory, see ``gmm_jax.pretrained``):
+quick_gelu). CLI (writes a model directory, see ``gmm_jax.pretrained``, or with
+``--to hf`` a Hugging Face directory with the tokenizer files):
 
     python -m gmm_jax.convert --src PATH --format {hf,openai,openclip} --out DIR
+    python -m gmm_jax.convert --src RUN_WORKDIR --format run [--step N] --out DIR --to hf
 """
 from __future__ import annotations
 
@@ -372,9 +374,14 @@ def _tokenizer_for(args, context_length: int):
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m gmm_jax.convert", description=__doc__.split("\n")[0])
-    ap.add_argument("--src", required=True, help="HF directory, OpenAI .pt, OpenCLIP file or dir")
-    ap.add_argument("--format", required=True, choices=("hf", "openai", "openclip"))
-    ap.add_argument("--out", required=True, help="model directory to write")
+    ap.add_argument("--src", required=True, help="HF directory, OpenAI .pt, OpenCLIP file "
+                    "or dir, or a training run's workdir (--format run)")
+    ap.add_argument("--format", required=True, choices=("hf", "openai", "openclip", "run"))
+    ap.add_argument("--step", type=int, help="--format run: checkpoint step (default: latest)")
+    ap.add_argument("--out", required=True, help="directory to write")
+    ap.add_argument("--to", choices=("gmm", "hf"), default="gmm",
+                    help="gmm: a gmm_jax model directory (default); hf: config.json + "
+                    "model.safetensors + tokenizer files for transformers' CLIPModel")
     ap.add_argument("--tokenizer", help="HF tokenizer dir or bpe_simple_vocab_16e6.txt.gz "
                     "(default: the source's own files, else OpenAI's vocabulary)")
     ap.add_argument("--act", choices=("quick_gelu", "gelu"),
@@ -386,7 +393,19 @@ def main(argv=None) -> int:
 
     kw = {k: v for k, v in (("act", args.act), ("vision_heads", args.vision_heads),
                             ("text_heads", args.text_heads)) if v is not None}
-    if args.format == "hf":
+    if args.step is not None and args.format != "run":
+        ap.error("--step applies to --format run only")
+    tok = None
+    if args.format == "run":
+        if kw:
+            ap.error("--act/--vision-heads/--text-heads do not apply to --format run")
+        from gmm_jax import train_lib  # logit_scale comes back as OpenAI's log(scale)
+        try:
+            model, params, tok, step = train_lib.load_checkpoint(args.src, step=args.step)
+        except (FileNotFoundError, ValueError) as e:
+            ap.error(f"--src {args.src!r}: {e}")
+        print(f"[gmm_jax.convert] {args.src}: checkpoint of step {step}", file=sys.stderr)
+    elif args.format == "hf":
         if kw:
             ap.error("--act/--vision-heads/--text-heads apply to openai/openclip only "
                      "(HF config.json states them)")
@@ -395,11 +414,16 @@ def main(argv=None) -> int:
         model, params = from_openai(args.src, progress=True, **kw)
     else:
         model, params = from_openclip(args.src, progress=True, **kw)
-    tok = _tokenizer_for(args, model.config.context_length)
+    if tok is None or args.tokenizer:
+        tok = _tokenizer_for(args, model.config.context_length)
     if tok.vocab_size > model.config.vocab_size:
         raise ValueError(f"tokenizer has {tok.vocab_size} tokens but the model's embedding "
                          f"table only {model.config.vocab_size}")
-    save_pretrained(args.out, model.config, params, tok)
+    if args.to == "hf":
+        to_hf(model, params, args.out)
+        tok.save(args.out)
+    else:
+        save_pretrained(args.out, model.config, params, tok)
     print(f"wrote {args.out}: {json.dumps(model.config.to_dict())}")
     return 0
 

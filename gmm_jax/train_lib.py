@@ -175,8 +175,8 @@ def load_checkpoint(workdir: str, step: Optional[int] = None):
     Raises FileNotFoundError / ValueError naming what is missing."""
     from gmm_jax import pretrained
     from gmm_jax.tokenizer import Tokenizer
+    params, step, run_config = checkpointing.restore_params(workdir, step)  # names a non-run
     mcfg = pretrained.load_config(workdir)
-    params, step, run_config = checkpointing.restore_params(workdir, step)
     tok_dir = os.path.join(workdir, pretrained.TOKENIZER_DIR)
     if not os.path.isdir(tok_dir):
         raise FileNotFoundError(f"{workdir}: no {pretrained.TOKENIZER_DIR}/ directory")

@@ -75,3 +75,27 @@ def test_a_runs_workdir_can_start_another_run(tmp_path, tiny):
     assert tok.vocab_size == tiny[2].vocab_size
     assert float(params["logit_scale"]) == pytest.approx(math.log(_softplus64(2.0)), rel=1e-6)
     _assert_same_weights(tiny[1], params)
+
+
+def test_a_run_exports_to_transformers(tmp_path, tiny, capsys):
+    """python -m gmm_jax.convert --format run --to hf: transformers loads the run's
+    weights with its temperature as log(scale), and its tokenizer."""
+    from transformers import CLIPModel, CLIPTokenizer
+
+    from gmm_jax import convert
+    run, out = tmp_path / "run", tmp_path / "hf"
+    _fake_run(run, tiny, -1.0, {"temperature": "softplus", "temp_exp_s": 1.0})
+    assert convert.main(["--src", str(run), "--format", "run", "--out", str(out),
+                         "--to", "hf"]) == 0
+    hf = CLIPModel.from_pretrained(str(out))
+    assert hf.logit_scale.item() == pytest.approx(math.log(_softplus64(-1.0)), rel=1e-6)
+    caption = "a blue circle on stripes"
+    hf_ids = CLIPTokenizer.from_pretrained(str(out))(caption)["input_ids"]
+    assert list(np.asarray(tiny[2]([caption], context_length=77))[0, :len(hf_ids)]) == hf_ids
+    # Mistakes are named: a directory that is not a run, --step without --format run.
+    with pytest.raises(SystemExit):
+        convert.main(["--src", str(out), "--format", "run", "--out", str(tmp_path / "x")])
+    assert "no checkpoints/ directory" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        convert.main(["--src", str(out), "--format", "hf", "--step", "3", "--out", str(out)])
+    assert "--step applies to --format run only" in capsys.readouterr().err
