@@ -13,6 +13,7 @@ finalised steps and leftover temporaries are removed on the next start.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import warnings
 from typing import Any, Optional
@@ -83,14 +84,23 @@ def restore_params(workdir: str, step: Optional[int] = None) -> tuple[Any, int, 
             step = steps[-1]
         elif step not in steps:
             raise ValueError(f"{directory}: no checkpoint for step {step}; saved steps: {steps}")
-        meta = mngr.item_metadata(step)["state"]
-        tree = meta.tree if hasattr(meta, "tree") else meta
-        restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), tree)
-        with warnings.catch_warnings():  # host NumPy arrays: the saved sharding is moot
-            warnings.filterwarnings("ignore", message="Sharding info not provided")
-            out = mngr.restore(step, args=ocp.args.Composite(
-                state=ocp.args.PyTreeRestore(item=tree, restore_args=restore_args),
-                config=ocp.args.JsonRestore()))
+        # Orbax warns (through absl) about each saved item left out ("data" here) and,
+        # for host NumPy arrays, about the saved sharding: both expected.
+        absl_log = logging.getLogger("absl")
+        level = absl_log.level
+        absl_log.setLevel(logging.ERROR)
+        try:
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message="Sharding info not provided")
+                meta = mngr.item_metadata(step)["state"]
+                tree = meta.tree if hasattr(meta, "tree") else meta
+                restore_args = jax.tree.map(
+                    lambda _: ocp.RestoreArgs(restore_type=np.ndarray), tree)
+                out = mngr.restore(step, args=ocp.args.Composite(
+                    state=ocp.args.PyTreeRestore(item=tree, restore_args=restore_args),
+                    config=ocp.args.JsonRestore()))
+        finally:
+            absl_log.setLevel(level)
         return out.state["params"], int(step), dict(out.config or {})
     finally:
         mngr.close()

@@ -20,12 +20,12 @@ section removed), validated by ``train_lib.validate_config``.
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 import logging
 import math
 import os
 import time
-import warnings
 from typing import Callable, Optional
 
 import ml_collections
@@ -246,53 +246,37 @@ def train_stage(cfg, stage_dir: str, banner: Callable[[str], None]) -> dict:
     return marker
 
 
-def _load_checkpoint(stage_dir: str):
-    """``train_lib.load_checkpoint`` without Orbax's warnings about the sharding file and
-    the items it does not restore (expected here: only the params, as host arrays)."""
-    from gmm_jax import train_lib
-    absl_log = logging.getLogger("absl")
-    level = absl_log.level
-    absl_log.setLevel(logging.ERROR)
-    try:
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message="Sharding info not provided")
-            return train_lib.load_checkpoint(stage_dir)
-    finally:
-        absl_log.setLevel(level)
-
-
-def export_model(stage_dir: str) -> tuple[str, float]:
-    """Write the run's final params as a model directory (what ``config.init`` names);
-    returns ``(model_dir, tau)`` with tau the model's 1/exp(logit_scale)."""
-    from gmm_jax import pretrained
+def export_model(stage_dir: str, marker: dict) -> tuple[str, float]:
+    """Write the finished run's params (its stage ``marker``) as a model directory (what
+    ``config.init`` names), unless already exported; returns ``(model_dir, tau)`` with
+    tau the model's 1/exp(logit_scale)."""
+    from gmm_jax import pretrained, train_lib
     model_dir = os.path.join(stage_dir, MODEL_DIR)
-    model, params, tok, step = _load_checkpoint(stage_dir)
     info = _read_json(os.path.join(model_dir, "demo_export.json"))
-    if info is None or info.get("step") != step:
+    if info is None or info.get("step") != marker["step"]:
+        model, params, tok, step = train_lib.load_checkpoint(stage_dir)
         pretrained.save_pretrained(model_dir, model.config, params, tok)
         info = {"step": step, "logit_scale": float(np.asarray(params["logit_scale"]))}
         _write_json(os.path.join(model_dir, "demo_export.json"), info)
     return model_dir, float(math.exp(-info["logit_scale"]))
 
 
-def evaluate_stage(stage_cfg, ecfg, stage_dir: str, mesh, title: str) -> str:
-    """Evaluate the latest checkpoint of ``stage_dir`` into ``stage_dir/eval`` (reused when
-    ``demo_eval.json`` records the same checkpoint and eval settings)."""
-    from gmm_jax import eval_lib
-    model, params, tok, step = _load_checkpoint(stage_dir)
+def evaluate_stage(ecfg, stage_dir: str, marker: dict, mesh, title: str) -> str:
+    """Evaluate the finished run in ``stage_dir`` (its stage ``marker``) into
+    ``stage_dir/eval``; reused when ``demo_eval.json`` records the same training config,
+    checkpoint and eval settings."""
+    from gmm_jax import eval_lib, train_lib
     out = os.path.join(stage_dir, "eval")
-    cfg = copy.deepcopy(ecfg)
-    with cfg.unlocked():
-        cfg.loss = copy.deepcopy(stage_cfg.loss)  # the temperature mode names the scale
-    fp = {"step": step, "eval": json.loads(cfg.eval.to_json_best_effort(sort_keys=True)),
-          "data": json.loads(cfg.data.to_json_best_effort(sort_keys=True)),
-          "temperature": cfg.loss.temperature}
+    fp = {"stage": hashlib.sha256(marker["fingerprint"].encode()).hexdigest()[:16],
+          "step": marker["step"], "eval": json.loads(ecfg.eval.to_json_best_effort(sort_keys=True)),
+          "data": json.loads(ecfg.data.to_json_best_effort(sort_keys=True))}
     fp["data"].pop("train_split", None)
     fp["eval"].pop("progress", None)
-    marker = _read_json(os.path.join(out, EVAL_MARKER))
-    if marker == fp and os.path.exists(os.path.join(out, "metrics.json")):
+    if (_read_json(os.path.join(out, EVAL_MARKER)) == fp
+            and os.path.exists(os.path.join(out, "metrics.json"))):
         return out
-    eval_lib.evaluate(model, params, tok, cfg, out, mesh=mesh, title=title)
+    model, params, tok, _ = train_lib.load_checkpoint(stage_dir)
+    eval_lib.evaluate(model, params, tok, ecfg, out, mesh=mesh, title=title)
     _write_json(os.path.join(out, EVAL_MARKER), fp)
     return out
 
@@ -372,29 +356,27 @@ def run(config, workdir: str, command: str = "") -> dict:
     _banner(f"[1/{n_stages}] pre-training a small CLIP from scratch on "
             f"{pre_cfg.data.train_split} -> {pre_dir}")
     marker = train_stage(pre_cfg, pre_dir, _banner)
-    model_dir, tau_p = export_model(pre_dir)
+    model_dir, tau_p = export_model(pre_dir, marker)
     stages[PRETRAINED] = {"dir": pre_dir, "step": marker["step"],
                           "train_seconds": marker.get("seconds"), "tau": tau_p}
     print(f"pre-trained model: {model_dir} (learned tau {tau_p:.4f}, scale {1 / tau_p:.1f})",
           flush=True)
 
-    ft_cfgs = {}
+    markers = {PRETRAINED: marker}
     for i, name in enumerate(names):
         cfg = finetune_config(config, name, model_dir, tau_p)
-        ft_cfgs[name] = cfg
         run_dir = os.path.join(workdir, name)
         temp = cfg.loss.temperature + (f" tau={cfg.loss.tau:.4g}" if cfg.loss.temperature == "fixed"
                                        else "")
         _banner(f"[{2 + i}/{n_stages}] fine-tuning {name!r} (loss {cfg.loss.method}, "
                 f"temperature {temp}) on {cfg.data.train_split or 'target_train'} -> {run_dir}")
-        m = train_stage(cfg, run_dir, _banner)
+        m = markers[name] = train_stage(cfg, run_dir, _banner)
         stages[name] = {"dir": run_dir, "step": m["step"], "train_seconds": m.get("seconds")}
 
     _banner(f"[{n_stages - 1}/{n_stages}] evaluating {[PRETRAINED] + names} on "
             f"{ecfg.data.eval_split} and the shifted splits")
-    eval_dirs[PRETRAINED] = evaluate_stage(pre_cfg, ecfg, pre_dir, mesh, "pretrained")
-    for name in names:
-        eval_dirs[name] = evaluate_stage(ft_cfgs[name], ecfg, stages[name]["dir"], mesh, name)
+    for name in [PRETRAINED] + names:
+        eval_dirs[name] = evaluate_stage(ecfg, stages[name]["dir"], markers[name], mesh, name)
 
     _banner(f"[{n_stages}/{n_stages}] report")
     meta = {"command": command or "python train.py --config=configs/demo.py",
