@@ -135,14 +135,12 @@ def build_model_and_tokenizer(config, workdir: str, load_params: bool = True):
         mcfg = pretrained.load_config(workdir).replace(**run_cfg)
         tok = Tokenizer.from_path(tok_dir, context_length=mcfg.context_length)
         return CLIP(mcfg), None, tok
-    if config.init and os.path.isdir(os.path.join(config.init, checkpointing.CHECKPOINT_DIR)):
-        model, params, tok, _ = load_checkpoint(config.init)  # a training run's workdir
-        mcfg = model.config.replace(**run_cfg)
-        model = CLIP(mcfg)
-        if config.tokenizer:
-            tok = Tokenizer.from_path(config.tokenizer, context_length=mcfg.context_length)
-    elif config.init:
-        model, params, tok = pretrained.load_pretrained(config.init, **run_cfg)
+    if config.init:
+        if os.path.isdir(os.path.join(config.init, checkpointing.CHECKPOINT_DIR)):
+            model, params, tok, _ = load_checkpoint(config.init)  # a training run's workdir
+            model = CLIP(model.config.replace(**run_cfg))
+        else:
+            model, params, tok = pretrained.load_pretrained(config.init, **run_cfg)
         mcfg = model.config
         if config.tokenizer:
             tok = Tokenizer.from_path(config.tokenizer, context_length=mcfg.context_length)
@@ -181,11 +179,11 @@ def load_checkpoint(workdir: str, step: Optional[int] = None):
     if not os.path.isdir(tok_dir):
         raise FileNotFoundError(f"{workdir}: no {pretrained.TOKENIZER_DIR}/ directory")
     tok = Tokenizer.from_path(tok_dir, context_length=mcfg.context_length)
-    params = openai_logit_scale(params, run_config.get("loss", {}))
+    params = _openai_logit_scale(params, run_config.get("loss", {}))
     return CLIP(mcfg), jax.tree.map(jnp.asarray, params), tok, step
 
 
-def openai_logit_scale(params, loss_cfg) -> Any:
+def _openai_logit_scale(params, loss_cfg) -> Any:
     """``params`` with a ``softplus``/``exp`` run's ``nu`` in ``logit_scale`` replaced by
     ``log(scale_from_param(nu))``; other runs' params are returned as they are."""
     mode = loss_cfg.get("temperature")

@@ -10,6 +10,7 @@ import pytest
 from gmm_jax import checkpointing, eval_lib, pretrained, train_lib
 from gmm_jax.models import CLIP, get_config, init_params
 from gmm_jax.tokenizer import Tokenizer
+from tests.train_step_setup import flat_leaves
 
 
 def _softplus64(x):
@@ -38,11 +39,11 @@ def _fake_run(workdir, tiny, nu, loss_cfg):
 
 def _assert_same_weights(saved, got):
     """Everything but ``logit_scale`` comes back exactly as saved."""
-    saved = {k: v for k, v in saved.items() if k != "logit_scale"}
-    got = {k: v for k, v in got.items() if k != "logit_scale"}
-    assert jax.tree.structure(saved) == jax.tree.structure(got)
-    for a, b in zip(jax.tree.leaves(saved), jax.tree.leaves(got)):
-        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    saved = flat_leaves({k: v for k, v in saved.items() if k != "logit_scale"})
+    got = flat_leaves({k: v for k, v in got.items() if k != "logit_scale"})
+    assert saved.keys() == got.keys()
+    for k in saved:
+        np.testing.assert_array_equal(np.asarray(saved[k]), np.asarray(got[k]), err_msg=k)
 
 
 @pytest.mark.parametrize("loss_cfg,nu,expected_scale", [
