@@ -1,4 +1,4 @@
-"""Smoke tests of benchmarks/loss.py and benchmarks/train_step.py on the smallest sizes,
+"""Smoke tests of benchmarks/loss.py, train_step.py and transpose.py on the smallest sizes,
 so the scripts keep running; plus the agreement of the JAX losses with the PyTorch
 restatement of the authors' code that the loss benchmark times."""
 import math
@@ -15,6 +15,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(
                                 "benchmarks"))
 import loss as loss_bench  # noqa: E402
 import train_step as step_bench  # noqa: E402
+import transpose as transpose_bench  # noqa: E402
 
 from gmm_jax import losses  # noqa: E402
 
@@ -94,3 +95,17 @@ def test_hf_config_mirrors_the_preset():
             hf.vision_config.num_hidden_layers) == (16, 768, 12)
     assert (hf.text_config.hidden_size, hf.text_config.num_attention_heads,
             hf.projection_dim, hf.text_config.hidden_act) == (512, 8, 512, "quick_gelu")
+
+
+def test_transpose_benchmark_smoke(capsys):
+    best = transpose_bench.main(["--n", "64", "--d", "8", "--repeats", "1"])
+    cases = transpose_bench.cases(64, 8)
+    assert set(best) == set(cases) and all(_finite_positive(s) for s in best.values())
+    assert capsys.readouterr().out.count("\n| ") == len(best) + 2
+    # The timed variants compute what they are named after (float64 NumPy).
+    g, x = (np.asarray(a, np.float64) for a in cases["(G + G^T) @ x"][1])
+    for name, want in [("G + G^T", g + g.T), ("(G + G^T) @ x", (g + g.T) @ x),
+                       ("G @ x + G^T @ x", (g + g.T) @ x), ("G^T @ x (transposed operand)", g.T @ x)]:
+        fn, args = cases[name]
+        np.testing.assert_allclose(np.asarray(fn(*args), np.float64), want, rtol=1e-4, atol=1e-3,
+                                   err_msg=name)
