@@ -1,7 +1,7 @@
 """Train-step time, images/s and model-FLOPs utilisation (MFU) of the project's step
 against a Hugging Face PyTorch ``CLIPModel`` training step, in one run.
 
-The JAX step is what ``train.py`` runs: ``configs/default.py``'s config (AdamW, cosine
+The JAX step is what ``train.py`` runs: ``gmm_jax/configs/default.py``'s config (AdamW, cosine
 schedule, fixed tau = 0.01, m2mix weights) with the model preset, dtype, loss method
 and batch size overridden, ``gmm_jax.optim.make_optimizer``,
 ``gmm_jax.losses.build_objective`` and ``gmm_jax.train_state.make_train_step`` over a
@@ -89,9 +89,9 @@ def peak_flops(device, n=2048, repeats=3):
 # ---------------------------------------------------------------------------- jax
 
 def project_config(preset, dtype, method, batch, remat=False):
-    """``configs/default.py`` with the benchmark's overrides."""
+    """``gmm_jax/configs/default.py`` with the benchmark's overrides."""
     sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-    from configs.default import get_config
+    from gmm_jax.configs.default import get_config
     config = get_config()
     config.model.preset = preset
     config.model.dtype = dtype

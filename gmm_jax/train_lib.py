@@ -38,21 +38,14 @@ CHOICES = {
     "data.name": ("coco", "flickr30k", "image_text_files", "demo"),
     "data.caption_mode": ("first", "random"),
 }
-_DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                               "configs", "default.py")
 
 
 # --------------------------------------------------------------------------- config
 
-def default_config() -> Optional[ml_collections.ConfigDict]:
-    """``configs/default.py``'s ``get_config()`` when the checkout has it, else None."""
-    if not os.path.exists(_DEFAULT_CONFIG):
-        return None
-    import importlib.util
-    spec = importlib.util.spec_from_file_location("_gmm_default_config", _DEFAULT_CONFIG)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config()
+def default_config() -> ml_collections.ConfigDict:
+    """Every knob with its default: ``gmm_jax/configs/default.py``'s ``get_config()``."""
+    from gmm_jax.configs import default
+    return default.get_config()
 
 
 def _flatten(cfg, prefix=""):
@@ -67,25 +60,24 @@ def _flatten(cfg, prefix=""):
 
 def validate_config(config, reference=None) -> None:
     """Raise ``ValueError`` naming the key: unknown keys and wrong types (against
-    ``reference``, default ``configs/default.py``), bad enum values, bad sizes."""
+    ``reference``, default ``gmm_jax/configs/default.py``), bad enum values, bad sizes."""
     reference = default_config() if reference is None else reference
     flat = _flatten(config)
-    if reference is not None:
-        ref = _flatten(reference)
-        unknown = sorted(k for k in flat if k not in ref and not k.startswith("eval."))
-        if unknown:
-            raise ValueError(f"unknown config key(s) {unknown} (not in configs/default.py)")
-        for k, v in flat.items():
-            r = ref.get(k)
-            if r is None or v is None or k.startswith("eval.") or k == "data.demo_config":
-                continue
-            ok = isinstance(v, type(r)) or (isinstance(r, float) and isinstance(v, int)
-                                           and not isinstance(v, bool))
-            if isinstance(r, (tuple, list)):
-                ok = isinstance(v, (tuple, list))
-            if not ok:
-                raise ValueError(f"config.{k}={v!r}: expected {type(r).__name__}, "
-                                 f"got {type(v).__name__}")
+    ref = _flatten(reference)
+    unknown = sorted(k for k in flat if k not in ref and not k.startswith("eval."))
+    if unknown:
+        raise ValueError(f"unknown config key(s) {unknown} (not in gmm_jax/configs/default.py)")
+    for k, v in flat.items():
+        r = ref.get(k)
+        if r is None or v is None or k.startswith("eval.") or k == "data.demo_config":
+            continue
+        ok = isinstance(v, type(r)) or (isinstance(r, float) and isinstance(v, int)
+                                       and not isinstance(v, bool))
+        if isinstance(r, (tuple, list)):
+            ok = isinstance(v, (tuple, list))
+        if not ok:
+            raise ValueError(f"config.{k}={v!r}: expected {type(r).__name__}, "
+                             f"got {type(v).__name__}")
     for k, choices in CHOICES.items():
         if k in flat and flat[k] not in choices:
             raise ValueError(f"config.{k}={flat[k]!r}; expected one of {list(choices)}")

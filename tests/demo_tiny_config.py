@@ -3,21 +3,14 @@ generated examples per split, a few steps per stage.
 
     python train.py --config=tests/demo_tiny_config.py:DATA_DIR --workdir=W
 """
-import os
-import sys
 
-_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SPLITS = {"source_train": 64, "source_test": 16, "target_train": 48, "target_test": 32,
           "shift_background": 16, "shift_combo": 16}
 
 
 def demo_config():
     """configs/demo.py's get_config()."""
-    sys.path.insert(0, os.path.join(_ROOT, "configs"))
-    try:
-        import demo as demo_cfg_module
-    finally:
-        sys.path.pop(0)
+    from gmm_jax.configs import demo as demo_cfg_module
     return demo_cfg_module.get_config()
 
 

@@ -143,7 +143,7 @@ def test_demo_section_validation():
         config.demo.pretrain.lr = "fast"
     with pytest.raises(demo_flow.DemoError, match="pretrain.lr"):
         demo_flow.validate_demo(config)
-    # the stage configs are ordinary configs: validated against configs/default.py
+    # the stage configs are ordinary configs: validated against gmm_jax/configs/default.py
     config = _demo_config()
     for cfg in (demo_flow.pretrain_config(config),
                 demo_flow.finetune_config(config, "m2mix", "/tmp/model", 0.05)):

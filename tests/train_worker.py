@@ -8,7 +8,6 @@ import argparse
 import json
 import os
 import signal
-import sys
 
 
 def main():
@@ -23,9 +22,7 @@ def main():
     p.add_argument("overrides", nargs="*", help="dotted config key=JSON value")
     args = p.parse_intermixed_args()
     os.environ.setdefault("JAX_PLATFORMS", "cpu")
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    sys.path.insert(0, os.path.join(root, "configs"))
-    import tiny
+    from gmm_jax.configs import tiny
     from gmm_jax import checkpointing, train_lib, train_state
 
     config = tiny.get_config()
