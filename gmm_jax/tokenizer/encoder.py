@@ -107,7 +107,8 @@ class Tokenizer:
         symbols + SOT + EOT) from ``texts``, cleaned and pre-tokenised as in encoding.
         Each step merges the most frequent adjacent pair (ties: smallest pair)."""
         if vocab_size < NUM_BYTE_SYMBOLS + 2:
-            raise ValueError(f"vocab_size={vocab_size}: must be >= 514 (512 byte symbols + 2 specials)")
+            raise ValueError(f"vocab_size={vocab_size}: must be >= 514 "
+                             "(512 byte symbols + 2 specials)")
         merges = bpe.learn_merges(texts, vocab_size - NUM_BYTE_SYMBOLS - 2)
         return cls(bpe.layout_vocab(merges), merges, context_length, source="<trained>")
 
