@@ -337,9 +337,18 @@ def to_hf(model: CLIP, params, out_dir: str) -> str:
     os.makedirs(out_dir, exist_ok=True)
     with open(os.path.join(out_dir, "config.json"), "w") as f:
         json.dump(hf_config_dict(cfg), f, indent=2)
-    save_file(layouts.openai_to_hf(oa, cfg), os.path.join(out_dir, "model.safetensors"),
-              metadata={"format": "pt"})
+    weights = os.path.join(out_dir, "model.safetensors")
+    save_file(layouts.openai_to_hf(oa, cfg), weights, metadata={"format": "pt"})
+    # safetensors writes through a private temporary file (mode 0600): give the export
+    # the mode open() would (0666 minus the umask) so others can read it like config.json.
+    os.chmod(weights, 0o666 & ~_umask())
     return out_dir
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)  # the only way to read it is to set it; restored at once
+    os.umask(mask)
+    return mask
 
 
 # ---------------------------------------------------------------- helpers + CLI
@@ -359,16 +368,22 @@ def _bar(enabled: bool, desc: str):
 
 
 def _tokenizer_for(args, context_length: int):
+    """--tokenizer, else the source's own tokenizer files (vocab.json + merges.txt or
+    tokenizer.json), else OpenAI's vocabulary, saying so on stderr."""
     from gmm_jax.tokenizer import Tokenizer
+    from gmm_jax.tokenizer.files import has_hf_tokenizer
     if args.tokenizer:
         return Tokenizer.from_path(args.tokenizer, context_length=context_length)
-    src_dir = args.src if os.path.isdir(args.src) else os.path.dirname(args.src)
-    if args.format != "openai" and all(os.path.isfile(os.path.join(src_dir, f))
-                                       for f in ("vocab.json", "merges.txt")):
-        return Tokenizer.from_path(src_dir, context_length=context_length)
-    if args.format == "hf":
-        print(f"[gmm_jax.convert] no vocab.json/merges.txt in {src_dir}: using OpenAI's "
-              "vocabulary", file=sys.stderr)
+    src_dir = args.src if os.path.isdir(args.src) else os.path.dirname(args.src) or "."
+    if args.format != "openai" and has_hf_tokenizer(src_dir):
+        tok = Tokenizer.from_path(src_dir, context_length=context_length)
+        print(f"[gmm_jax.convert] tokenizer: {tok.source} ({tok.vocab_size} tokens)",
+              file=sys.stderr)
+        return tok
+    why = ("an OpenAI checkpoint" if args.format == "openai" else
+           f"no tokenizer files (vocab.json + merges.txt, or tokenizer.json) in {src_dir}")
+    print(f"[gmm_jax.convert] {why}: using OpenAI's CLIP vocabulary (pass --tokenizer "
+          "for another)", file=sys.stderr)
     return Tokenizer.default(context_length=context_length)
 
 

@@ -334,3 +334,98 @@ def test_cli_openai_in_process_with_default_tokenizer(tmp_path):
     images, tokens = _inputs("B")
     _assert_same(_flax_outputs(model, params, images, tokens), _torch_outputs(ref, images, tokens))
     assert tok.vocab_size <= ARCHS["B"]["vocab"] and tok.context_length == ARCHS["B"]["ctx"]
+
+
+# ------------------------------------------------------------------ tokenizer.json, file modes
+
+TOKENIZER_TEXTS = CAPTIONS[:5] + ["A Red SQUARE, next to 3 circles!", "zebra crossing at night",
+                                  "café ☕ naïve", "it's 1,000,000 -- wow..."]
+
+
+def _custom_hf_tokenizer(seed=0):
+    """A transformers CLIPTokenizer with a small vocabulary of its own: the 512 byte-level
+    symbols, merges learned by the tests' brute-force trainer, ids shuffled (unlike
+    OpenAI's layout). save_pretrained writes tokenizer.json only (transformers 5)."""
+    from tokenizers.pre_tokenizers import ByteLevel
+    from tests.test_tokenizer import _naive_bpe_train
+    merges = _naive_bpe_train(CAPTIONS, 514 + 60)
+    alphabet = sorted(ByteLevel.alphabet())
+    tokens = ["<|startoftext|>", "<|endoftext|>"] + alphabet + [c + "</w>" for c in alphabet]
+    tokens += list(dict.fromkeys(a + b for a, b in merges if a + b not in tokens))
+    ids = np.random.default_rng(seed).permutation(len(tokens))
+    vocab = {t: int(i) for t, i in zip(tokens, ids)}
+    return transformers.CLIPTokenizer(vocab=vocab, merges=[tuple(m) for m in merges])
+
+
+def _model_dir_without_tokenizer(hf_cache, tmp_path):
+    _, path, *_ = hf_cache("A")
+    d = tmp_path / "hf_model"
+    d.mkdir()
+    for name in ("config.json", "model.safetensors"):
+        shutil.copy(os.path.join(path, name), d / name)
+    return d
+
+
+def test_cli_reads_tokenizer_json(hf_cache, tmp_path, capsys):
+    d = _model_dir_without_tokenizer(hf_cache, tmp_path)
+    hf_tok = _custom_hf_tokenizer()
+    hf_tok.save_pretrained(str(d))
+    assert not (d / "vocab.json").exists() and (d / "tokenizer.json").exists()
+    assert len(hf_tok) <= ARCHS["A"]["vocab"]
+    out = tmp_path / "gmm"
+    assert convert.main(["--src", str(d), "--format", "hf", "--out", str(out)]) == 0
+    assert "tokenizer.json" in capsys.readouterr().err
+    _, _, tok = load_pretrained(str(out))
+    want = hf_tok(TOKENIZER_TEXTS, add_special_tokens=False)["input_ids"]
+    assert [tok.encode(t) for t in TOKENIZER_TEXTS] == want
+    assert max(len(w) for w in want) > 3
+    L = ARCHS["A"]["ctx"]
+    rows = tok(TOKENIZER_TEXTS)
+    assert rows.shape == (len(TOKENIZER_TEXTS), L)
+    for row, ids in zip(rows.tolist(), want):
+        full = ([hf_tok.bos_token_id] + ids + [hf_tok.eos_token_id])[:L]
+        full[-1] = hf_tok.eos_token_id if len(ids) + 2 > L else full[-1]
+        assert row == full + [0] * (L - len(full))
+    # exported back to transformers, the same ids come out of its tokenizer
+    out_hf = tmp_path / "hf_export"
+    assert convert.main(["--src", str(d), "--format", "hf", "--out", str(out_hf),
+                         "--to", "hf"]) == 0
+    back = transformers.CLIPTokenizer.from_pretrained(str(out_hf))
+    assert back(TOKENIZER_TEXTS, add_special_tokens=False)["input_ids"] == want
+
+
+def test_cli_falls_back_to_openai_vocabulary_only_without_tokenizer(hf_cache, tmp_path, capsys):
+    d = _model_dir_without_tokenizer(hf_cache, tmp_path)
+    with pytest.raises(ValueError, match="tokenizer has 49408 tokens"):   # model A: 600
+        convert.main(["--src", str(d), "--format", "hf", "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err
+    assert f"no tokenizer files (vocab.json + merges.txt, or tokenizer.json) in {d}" in err
+    assert "using OpenAI's CLIP vocabulary" in err
+
+
+@pytest.mark.parametrize("edit,match", [
+    (lambda tj: tj["pre_tokenizer"]["pretokenizers"][0]["pattern"].update(Regex=r"\S+"),
+     r"pre_tokenizer: need one inverted Split on CLIP's regex"),
+    (lambda tj: tj["model"].update(end_of_word_suffix=None), r"model.end_of_word_suffix=None"),
+    (lambda tj: tj.update(normalizer=None), r"normalizer: no Lowercase"),
+    (lambda tj: tj["model"].update(type="WordPiece"), r"model.type='WordPiece'"),
+])
+def test_non_clip_tokenizer_json_is_refused(hf_cache, tmp_path, edit, match):
+    d = _model_dir_without_tokenizer(hf_cache, tmp_path)
+    _custom_hf_tokenizer().save_pretrained(str(d))
+    tj = json.loads((d / "tokenizer.json").read_text())
+    edit(tj)
+    (d / "tokenizer.json").write_text(json.dumps(tj))
+    with pytest.raises(ValueError, match=r"tokenizer.json: not a CLIP byte-level BPE "
+                                         r"tokenizer: .*" + match):
+        convert.main(["--src", str(d), "--format", "hf", "--out", str(tmp_path / "o")])
+
+
+def test_exported_safetensors_is_readable_like_other_files(hf_cache, tmp_path):
+    _, path, *_ = hf_cache("A")
+    model, params = convert.from_hf(path)
+    out = convert.to_hf(model, params, str(tmp_path / "exp"))
+    mask = os.umask(0o022)
+    os.umask(mask)
+    mode = lambda name: os.stat(os.path.join(out, name)).st_mode & 0o777  # noqa: E731
+    assert mode("model.safetensors") == 0o666 & ~mask == mode("config.json")

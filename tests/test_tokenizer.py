@@ -277,9 +277,11 @@ def test_errors(tmp_path, monkeypatch, tok):
     (d / "vocab.json").write_text(json.dumps(vocab))
     with pytest.raises(ValueError, match="endoftext"):
         Tokenizer.from_path(d)
-    monkeypatch.setattr(tokmod.importlib.util, "find_spec", lambda name: None)
-    with pytest.raises(FileNotFoundError, match="pip install --no-deps open_clip_torch"):
-        Tokenizer.default()
+    # OpenAI's vocabulary ships with the package: found without open_clip installed
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
+    t = Tokenizer.default()
+    assert t.encoder == tok.encoder and t.merges == tok.merges
+    assert os.path.dirname(t.source) == os.path.dirname(tokmod.__file__)
 
 
 def test_single_string_and_bytes(tok):
@@ -287,3 +289,35 @@ def test_single_string_and_bytes(tok):
     assert a.shape == (1, 77)
     np.testing.assert_array_equal(tok([b"a photo of a dog"]), a)
     np.testing.assert_array_equal(tok([""]), [[tok.sot_token_id, tok.eot_token_id] + [0] * 75])
+
+
+def test_wheel_ships_the_openai_vocabulary(tmp_path, tok):
+    """`pip install .` alone can tokenise for OpenAI checkpoints: the built wheel holds
+    the vocabulary (byte-identical to open_clip's copy) and its licence notice."""
+    import shutil
+    import subprocess
+    import sys
+    import zipfile
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(tokmod.__file__))))
+    src = tmp_path / "src"
+    src.mkdir()
+    for name in ("pyproject.toml", "MANIFEST.in", "README.md", "requirements.txt"):
+        shutil.copy(os.path.join(root, name), src / name)
+    shutil.copytree(os.path.join(root, "gmm_jax"), src / "gmm_jax",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    r = subprocess.run([sys.executable, "-m", "pip", "wheel", ".", "--no-deps",
+                        "--no-build-isolation", "-q", "-w", str(tmp_path / "out")],
+                       cwd=src, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    (wheel,) = (tmp_path / "out").glob("gmm_jax-*.whl")
+    with zipfile.ZipFile(wheel) as z:
+        names = set(z.namelist())
+        assert "gmm_jax/tokenizer/LICENSE-bpe" in names
+        assert "MIT License" in z.read("gmm_jax/tokenizer/LICENSE-bpe").decode()
+        packed = z.read("gmm_jax/tokenizer/bpe_simple_vocab_16e6.txt.gz")
+    spec = importlib.util.find_spec("open_clip")
+    with open(os.path.join(spec.submodule_search_locations[0],
+                           "bpe_simple_vocab_16e6.txt.gz"), "rb") as f:
+        assert packed == f.read()
+    (tmp_path / "v.txt.gz").write_bytes(packed)
+    assert Tokenizer.from_path(tmp_path / "v.txt.gz").merges == tok.merges

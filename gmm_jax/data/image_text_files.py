@@ -1,30 +1,34 @@
 """TFDS builder ``image_text_files``: a user's own image-caption pairs.
 
-Input: a JSONL file (one object per line: ``{"image": "rel/path.jpg", "captions": [...]}``
-or ``{"image": ..., "caption": "..."}``) or a CSV file with header ``image,caption``
-(several rows per image allowed: their captions are grouped, first-seen order), plus
-``images_dir`` that the image paths are relative to. Unreadable or corrupt images are
-skipped and counted (``fail_on_bad_image=True`` raises instead); an empty caption or a
-malformed line raises ``ValueError`` naming the file and line number.
+``config.data.files_path`` is one captions file (JSONL or CSV, see
+``gmm_jax.data.captions_files``; its only split is ``train``) or a directory of
+``<split>.jsonl`` / ``<split>.csv`` files (one TFDS split per file: ``train``, ``test``,
+``shifted``, ...). Image paths are relative to ``config.data.images_dir`` when given,
+else to the directory holding the captions file(s). Unreadable or corrupt images are
+skipped and counted per split (``fail_on_bad_image=True`` raises instead); a split in
+which no image can be read raises, naming the images directory. Malformed lines raise
+``ValueError`` naming ``file:line`` and the field.
 
-Each source gets its own TFDS config whose name hashes the captions file's content and
+Each source gets its own TFDS config whose name hashes the captions files' content and
 the options, so ``data_dir`` caches several users' sets side by side and an edited file
 is rebuilt.
 """
 from __future__ import annotations
 
-import csv
 import dataclasses
 import hashlib
 import io
-import json
 import logging
 import os
-from typing import Iterable
 
 import tensorflow_datasets as tfds
 from PIL import Image
 
+from gmm_jax.data.captions_files import parse_captions_file, split_files
+
+__all__ = ["BadImageError", "ImageTextFiles", "ImageTextFilesConfig", "builder",
+           "default_images_dir", "generate_pairs", "load_image_bytes", "make_config",
+           "parse_captions_file", "split_files"]
 # Formats tf.io.decode_image reads directly; anything else is re-encoded as PNG.
 _TF_FORMATS = ("JPEG", "PNG", "GIF", "BMP")
 
@@ -51,98 +55,37 @@ def load_image_bytes(path: str) -> bytes:
         raise BadImageError(f"bad image {path}: {type(e).__name__}: {e}") from e
 
 
-def _check_caption(cap, where: str) -> str:
-    if not isinstance(cap, str):
-        raise ValueError(f"{where}: caption must be a string, got {type(cap).__name__}")
-    if not cap.strip():
-        raise ValueError(f"{where}: empty caption")
-    return cap.strip()
-
-
-def parse_captions_file(path: str) -> list[tuple[str, list[str]]]:
-    """``[(image relative path, [captions...]), ...]`` in first-seen order.
-
-    Raises ``FileNotFoundError`` if ``path`` is missing and ``ValueError`` with
-    ``path:line`` for malformed lines, missing keys, or empty captions.
-    """
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"captions file not found: {path}")
-    grouped: dict[str, list[str]] = {}
-
-    def add(image, caps: Iterable, where: str):
-        if not isinstance(image, str) or not image.strip():
-            raise ValueError(f"{where}: missing or empty 'image' path")
-        caps = [_check_caption(c, where) for c in caps]
-        if not caps:
-            raise ValueError(f"{where}: no captions")
-        grouped.setdefault(image.strip(), []).extend(caps)
-
-    ext = os.path.splitext(path)[1].lower()
-    with open(path, encoding="utf-8", newline="") as f:
-        if ext in (".jsonl", ".json", ".ndjson"):
-            for lineno, line in enumerate(f, start=1):
-                if not line.strip():
-                    continue
-                where = f"{path}:{lineno}"
-                try:
-                    obj = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise ValueError(f"{where}: invalid JSON ({e.msg})") from None
-                if not isinstance(obj, dict):
-                    raise ValueError(f"{where}: expected a JSON object")
-                if "captions" in obj:
-                    caps = obj["captions"]
-                    if not isinstance(caps, list):
-                        raise ValueError(f"{where}: 'captions' must be a list of strings")
-                elif "caption" in obj:
-                    caps = [obj["caption"]]
-                else:
-                    raise ValueError(f"{where}: needs 'caption' or 'captions'")
-                add(obj.get("image"), caps, where)
-        elif ext in (".csv", ".tsv"):
-            reader = csv.reader(f, delimiter="\t" if ext == ".tsv" else ",")
-            header = next(reader, None)
-            if header is None or [h.strip() for h in header[:2]] != ["image", "caption"]:
-                raise ValueError(f"{path}:1: expected header 'image,caption', got {header}")
-            for row in reader:
-                where = f"{path}:{reader.line_num}"
-                if not row or all(not c.strip() for c in row):
-                    continue
-                if len(row) != 2:
-                    raise ValueError(f"{where}: expected 2 columns (image,caption), got "
-                                     f"{len(row)}")
-                add(row[0], [row[1]], where)
-        else:
-            raise ValueError(f"{path}: unsupported captions file type {ext!r} "
-                             "(use .jsonl or .csv)")
-    if not grouped:
-        raise ValueError(f"{path}: no image-caption pairs")
-    return list(grouped.items())
-
-
 @dataclasses.dataclass
 class ImageTextFilesConfig(tfds.core.BuilderConfig):
-    files_path: str = ""
+    files_path: str = ""        # a captions file or a directory of <split>.jsonl/.csv
     images_dir: str = ""
     fail_on_bad_image: bool = False
 
 
-def make_config(files_path: str, images_dir: str,
+def default_images_dir(files_path: str) -> str:
+    """The folder image paths are relative to when ``images_dir`` is not given."""
+    return files_path if os.path.isdir(files_path) else os.path.dirname(
+        os.path.abspath(files_path))
+
+
+def make_config(files_path: str, images_dir: str | None = None,
                 fail_on_bad_image: bool = False) -> ImageTextFilesConfig:
-    """A config named after the captions file and a hash of its content and the options."""
-    if not os.path.isfile(files_path):
-        raise FileNotFoundError(f"captions file not found: {files_path} "
-                                "(config.data.files_path)")
+    """A config named after the captions file (or directory) and a hash of the split
+    files' names and content and the options."""
+    splits = split_files(files_path)            # FileNotFoundError names files_path
+    images_dir = images_dir or default_images_dir(files_path)
     if not os.path.isdir(images_dir):
         raise FileNotFoundError(f"images directory not found: {images_dir} "
                                 "(config.data.images_dir)")
     h = hashlib.sha256()
-    with open(files_path, "rb") as f:
-        h.update(f.read())
+    for split, path in sorted(splits.items()):
+        h.update(f"{split}\0".encode())
+        with open(path, "rb") as f:
+            h.update(hashlib.sha256(f.read()).digest())
     h.update(os.path.abspath(images_dir).encode())
     h.update(str(bool(fail_on_bad_image)).encode())
-    stem = "".join(c if c.isalnum() else "_" for c in
-                   os.path.splitext(os.path.basename(files_path))[0])[:40]
+    base = os.path.basename(os.path.abspath(files_path).rstrip(os.sep))
+    stem = "".join(c if c.isalnum() else "_" for c in os.path.splitext(base)[0])[:40]
     return ImageTextFilesConfig(name=f"{stem}_{h.hexdigest()[:12]}",
                                 files_path=os.path.abspath(files_path),
                                 images_dir=os.path.abspath(images_dir),
@@ -169,10 +112,11 @@ def generate_pairs(entries, images_dir: str, fail_on_bad_image: bool, stats: dic
 
 
 class ImageTextFiles(tfds.core.GeneratorBasedBuilder):
-    """A user's image-caption pairs from a JSONL/CSV file and an image folder."""
+    """A user's image-caption pairs: one captions file, or a directory of split files."""
 
-    VERSION = tfds.core.Version("1.0.0")
-    RELEASE_NOTES = {"1.0.0": "First release."}
+    VERSION = tfds.core.Version("1.1.0")
+    RELEASE_NOTES = {"1.0.0": "First release.",
+                     "1.1.0": "A directory of <split>.jsonl/.csv files gives one split each."}
 
     def __init__(self, *, config: ImageTextFilesConfig, **kwargs):
         if not isinstance(config, ImageTextFilesConfig):
@@ -192,21 +136,30 @@ class ImageTextFiles(tfds.core.GeneratorBasedBuilder):
 
     def _split_generators(self, dl_manager):
         del dl_manager
-        cfg = self.builder_config
-        entries = parse_captions_file(cfg.files_path)  # errors surface before writing
-        return {"train": self._generate_examples(entries)}
+        files = split_files(self.builder_config.files_path)
+        # Parse every file first: a malformed line stops the build before anything is written.
+        entries = {split: parse_captions_file(path) for split, path in files.items()}
+        return {split: self._generate_examples(split, files[split], entries[split])
+                for split in files}
 
-    def _generate_examples(self, entries):
+    def _generate_examples(self, split, path, entries):
         cfg = self.builder_config
         stats: dict = {}
-        yield from generate_pairs(entries, cfg.images_dir, cfg.fail_on_bad_image, stats)
-        self.info.metadata["train"] = stats
+        n = 0
+        for item in generate_pairs(entries, cfg.images_dir, cfg.fail_on_bad_image, stats):
+            n += 1
+            yield item
+        self.info.metadata[split] = stats
+        if not n:
+            raise FileNotFoundError(
+                f"{path}: none of its {len(entries)} images could be read from "
+                f"{cfg.images_dir} (config.data.images_dir), e.g. {stats['bad_images'][:3]}")
         if stats["num_bad_images"]:
-            logging.warning("%s: skipped %d unreadable image(s), e.g. %s", cfg.files_path,
+            logging.warning("%s: skipped %d unreadable image(s), e.g. %s", path,
                             stats["num_bad_images"], stats["bad_images"][:5])
 
 
-def builder(files_path: str, images_dir: str, data_dir: str | None = None,
+def builder(files_path: str, images_dir: str | None = None, data_dir: str | None = None,
             fail_on_bad_image: bool = False) -> ImageTextFiles:
     return ImageTextFiles(config=make_config(files_path, images_dir, fail_on_bad_image),
                           data_dir=data_dir)

@@ -18,7 +18,7 @@ import numpy as np
 import tensorflow as tf
 
 from gmm_jax.data import preprocess
-from gmm_jax.data.sources import DEFAULT_SPLITS, Source, cfg_get, get_source
+from gmm_jax.data.sources import Source, cfg_get, get_source
 
 _SEED_MOD = 2**31 - 1
 
@@ -203,7 +203,8 @@ def make_train_iterator(data_cfg, tokenizer, image_size: int, global_batch_size:
     the global batch; ``state``: a dict from ``get_state()`` to resume from.
     """
     source = source or get_source(data_cfg)
-    split = cfg_get(data_cfg, "train_split", DEFAULT_SPLITS[source.name][0])
+    split = source.check_split(cfg_get(data_cfg, "train_split", source.default_splits[0]),
+                               "config.data.train_split")
     return TrainIterator(
         source, split, tokenizer, image_size, global_batch_size, seed,
         sharding=sharding, state=state,

@@ -7,13 +7,16 @@ host needs are decoded. Sources (``config.data.name``):
 - ``coco``: TFDS ``coco_captions`` (Karpathy splits ``train``, ``restval``, ``val``,
   ``test``; train on ``train+restval``).
 - ``flickr30k``: ``flickr30k_karpathy`` from ``config.data.manual_dir``.
-- ``image_text_files``: ``config.data.files_path`` (JSONL/CSV) + ``config.data.images_dir``.
+- ``image_text_files``: ``config.data.files_path``, one JSONL/CSV file (split ``train``)
+  or a directory of ``<split>.jsonl``/``<split>.csv`` files (default splits ``train`` /
+  ``test``); images relative to ``config.data.images_dir``, else to the files' folder.
 - ``demo``: the generated ``gmm_demo`` set (``config.data.demo_config``: "default" |
   "small" or a ``GmmDemoConfig``); extras are its attributes.
 """
 from __future__ import annotations
 
 import dataclasses
+import os
 from typing import Any, Callable
 
 import tensorflow as tf
@@ -25,7 +28,7 @@ SOURCES = ("coco", "flickr30k", "image_text_files", "demo")
 DEFAULT_SPLITS = {  # (train, eval)
     "coco": ("train+restval", "test"),
     "flickr30k": ("train", "test"),
-    "image_text_files": ("train", "train"),
+    "image_text_files": ("train", "test"),   # a single file: ("train", "train")
     "demo": ("target_train", "target_test"),
 }
 DEMO_EXTRAS = ("label", "shape", "colour", "size", "position", "background", "style", "count")
@@ -49,6 +52,30 @@ class Source:
     builder: tfds.core.DatasetBuilder
     captions_fn: Callable[[dict], tf.Tensor]
     extras: tuple[str, ...] = ()
+    # (train, eval) splits used when config.data.train_split / eval_split are unset.
+    default_splits: tuple[str, str] | None = None
+
+    def __post_init__(self):
+        if self.default_splits is None:
+            self.default_splits = DEFAULT_SPLITS.get(self.name, ("train", "test"))
+
+    def split_names(self) -> list[str]:
+        """The splits the builder declares (empty when it has no split metadata)."""
+        return list(self.builder.info.splits.keys())
+
+    def check_split(self, split: str, what: str = "split") -> str:
+        """``split`` unchanged if each of its parts (``a+b``, ``a[:10%]``) is a known
+        split; ValueError naming the known ones otherwise."""
+        known = self.split_names()
+        for part in split.split("+"):
+            base = part.split("[")[0].strip()
+            if known and base not in known:
+                hint = ""
+                if self.name == "image_text_files":
+                    hint = (" (own data: one split per <split>.jsonl/.csv file in the "
+                            "config.data.files_path directory; a single file is split 'train')")
+                raise ValueError(f"{self.name}: unknown {what} {base!r}; known: {known}{hint}")
+        return split
 
     def num_examples(self, split: str) -> int:
         """Examples in ``split`` (TFDS split syntax, e.g. "train+restval")."""
@@ -112,13 +139,14 @@ def get_source(data_cfg, prepare: bool = True) -> Source:
         src = Source(name, b, _captions_sequence)
     elif name == "image_text_files":
         files_path = cfg_get(data_cfg, "files_path")
-        images_dir = cfg_get(data_cfg, "images_dir")
-        if not files_path or not images_dir:
-            raise ValueError("image_text_files needs config.data.files_path and "
-                             "config.data.images_dir")
-        b = image_text_files.builder(files_path, images_dir, data_dir,
+        if not files_path:
+            raise ValueError("config.data.name='image_text_files' needs config.data.files_path "
+                             "(a JSONL/CSV file, or a directory of <split>.jsonl/.csv files)")
+        b = image_text_files.builder(files_path, cfg_get(data_cfg, "images_dir"), data_dir,
                                      bool(cfg_get(data_cfg, "fail_on_bad_image", False)))
-        src = Source(name, b, _captions_sequence)
+        single = os.path.isfile(files_path)  # one file: evaluate on it too, as before
+        src = Source(name, b, _captions_sequence,
+                     default_splits=("train", "train") if single else None)
     elif name == "demo":
         b = demo.builder(data_dir, cfg_get(data_cfg, "demo_config", "default"))
         src = Source(name, b, _captions_sequence, DEMO_EXTRAS)
