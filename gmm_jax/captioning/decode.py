@@ -90,7 +90,7 @@ def beam_search(next_logits: Callable, batch: int, beam_size: int, max_length: i
     _check(max_length, sot_id, eot_id)
     if beam_size < 1:
         raise ValueError(f"beam_size={beam_size}: must be >= 1")
-    if alpha < 0:
+    if isinstance(alpha, (int, float)) and alpha < 0:  # may also be a traced scalar
         raise ValueError(f"length alpha={alpha}: must be >= 0 (the early stop relies on it)")
     B, T = int(beam_size), int(max_length)
     start = jnp.full((batch, B, T), pad_id, jnp.int32).at[:, :, 0].set(sot_id)

@@ -1,6 +1,8 @@
 """Captions for image embeddings from a trained ``Captioner``: batched, jitted once."""
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -25,9 +27,12 @@ def decoder_step_fn(model: Captioner, params, emb):
     return next_logits
 
 
-def make_generate_fn(model: Captioner, beam_size: int, alpha: float, sot_id: int,
-                     eot_id: int, pad_id: int = 0):
-    """``fn(params, emb (N, D)) -> (tokens (N, max_length), score (N,))``, jitted.
+@functools.lru_cache(maxsize=16)
+def make_generate_fn(model: Captioner, beam_size: int, sot_id: int, eot_id: int,
+                     pad_id: int = 0):
+    """``fn(params, emb (N, D), alpha) -> (tokens (N, max_length), score (N,))``, jitted
+    and cached per (model, beam, ids): ``alpha``, the length-penalty exponent >= 0, is
+    traced, so neither a new alpha nor new parameters recompile.
 
     Every decoding step re-runs the decoder over the whole fixed-size buffer (no
     key/value cache: shapes stay fixed and captions are short, so the quadratic cost
@@ -36,12 +41,12 @@ def make_generate_fn(model: Captioner, beam_size: int, alpha: float, sot_id: int
     """
     T = model.max_length
 
-    def fn(params, emb):
+    def fn(params, emb, alpha):
         step = decoder_step_fn(model, params, emb)
         if beam_size == 1:
             return decode.greedy_search(step, emb.shape[0], T, sot_id, eot_id, pad_id)
-        return decode.beam_search(step, emb.shape[0], beam_size, T, sot_id, eot_id, alpha,
-                                  pad_id)
+        return decode.beam_search(step, emb.shape[0], beam_size, T, sot_id, eot_id,
+                                  jnp.asarray(alpha, jnp.float32), pad_id)
 
     return jax.jit(fn)
 
@@ -54,7 +59,9 @@ def generate_tokens(model: Captioner, params, emb: np.ndarray, *, beam_size: int
     emb = np.asarray(emb, np.float32)
     if emb.ndim != 2 or len(emb) == 0:
         raise ValueError(f"generate_tokens expects embeddings (N>0, D), got {emb.shape}")
-    fn = make_generate_fn(model, int(beam_size), float(alpha), sot_id, eot_id, pad_id)
+    if not alpha >= 0:
+        raise ValueError(f"length alpha={alpha}: must be >= 0")
+    fn = make_generate_fn(model, int(beam_size), sot_id, eot_id, pad_id)
     bs = min(int(batch_size), len(emb))
     out = []
     for start in range(0, len(emb), bs):
@@ -62,7 +69,7 @@ def generate_tokens(model: Captioner, params, emb: np.ndarray, *, beam_size: int
         n = len(chunk)
         if n < bs:
             chunk = np.concatenate([chunk, np.zeros((bs - n, emb.shape[1]), np.float32)])
-        tokens, _ = fn(params, chunk)
+        tokens, _ = fn(params, chunk, float(alpha))
         out.append(np.asarray(tokens)[:n])
     return np.concatenate(out)
 

@@ -11,6 +11,8 @@ earlier position see it, so padding needs no attention mask, only a loss mask
 """
 from __future__ import annotations
 
+import functools
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -81,10 +83,16 @@ def build_captioner(cfg, vocab_size: int) -> Captioner:
                      mapping_hidden=int(cfg.mapping_hidden))
 
 
-def init_captioner(model: Captioner, embed_dim: int, key: jax.Array):
+@functools.lru_cache(maxsize=8)
+def _init_fn(model: Captioner, embed_dim: int):
     emb = jnp.zeros((1, embed_dim), jnp.float32)
     tokens = jnp.zeros((1, model.max_length), jnp.int32)
-    return jax.jit(model.init)(key, emb, tokens)["params"]
+    return jax.jit(lambda key: model.init(key, emb, tokens)["params"])
+
+
+def init_captioner(model: Captioner, embed_dim: int, key: jax.Array):
+    """Random float32 parameters for image embeddings of size ``embed_dim``."""
+    return _init_fn(model, int(embed_dim))(key)
 
 
 def target_mask(tokens, eot_id: int):

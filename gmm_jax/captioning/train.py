@@ -6,6 +6,7 @@ permutation of the pairs; the image tower never runs here.
 """
 from __future__ import annotations
 
+import functools
 import logging
 from typing import Sequence
 
@@ -35,13 +36,30 @@ def caption_pairs(captions: Sequence[Sequence[str]], tokenizer, max_length: int)
     return np.asarray(index, np.int32), tokenizer(texts, context_length=int(max_length))
 
 
-def make_train_step(model: Captioner, tx, eot_id: int):
-    def step(params, opt_state, emb, tokens):
+@functools.lru_cache(maxsize=8)
+def train_step_fn(model: Captioner, eot_id: int, weight_decay: float):
+    """Jitted ``step(params, opt_state, emb, tokens, lr) -> (params, opt_state, loss)``.
+
+    AdamW written as Adam + decoupled decay with the learning rate as an argument
+    (``optax.adamw`` is the same chain with the schedule baked in): the compiled step
+    then depends only on the model and is reused across runs (seeds, step budgets,
+    schedules), which matters when several captioners are trained in one process.
+    """
+    tx = optimizer(weight_decay)
+
+    def step(params, opt_state, emb, tokens, lr):
         loss, grads = jax.value_and_grad(
             lambda p: caption_loss(model.apply({"params": p}, emb, tokens), tokens, eot_id))(params)
         updates, opt_state = tx.update(grads, opt_state, params)
-        return optax.apply_updates(params, updates), opt_state, loss
+        params = jax.tree.map(lambda p, u: p - lr * u, params, updates)
+        return params, opt_state, loss
     return jax.jit(step, donate_argnums=(0, 1))
+
+
+def optimizer(weight_decay: float) -> optax.GradientTransformation:
+    """AdamW's direction (without the learning rate); decay masked as for CLIP."""
+    return optax.chain(optax.scale_by_adam(),
+                       optax.add_decayed_weights(float(weight_decay), mask=decay_mask))
 
 
 def train_captioner(embeddings: np.ndarray, captions: Sequence[Sequence[str]], tokenizer,
@@ -61,9 +79,9 @@ def train_captioner(embeddings: np.ndarray, captions: Sequence[Sequence[str]], t
     steps = int(cfg.steps)
     schedule = optax.warmup_cosine_decay_schedule(
         0.0, float(cfg.lr), int(round(float(cfg.warmup_frac) * steps)), max(steps, 1), 0.0)
-    tx = optax.adamw(schedule, weight_decay=float(cfg.weight_decay), mask=decay_mask)
-    opt_state = tx.init(params)
-    step = make_train_step(model, tx, tokenizer.eot_token_id)
+    lrs = np.asarray(jax.vmap(schedule)(np.arange(steps)), np.float32)
+    opt_state = optimizer(cfg.weight_decay).init(params)
+    step = train_step_fn(model, tokenizer.eot_token_id, float(cfg.weight_decay))
 
     rng = np.random.default_rng(int(cfg.seed))
     bs = min(int(cfg.batch_size), len(index))  # fixed batch shape: one compilation
@@ -73,7 +91,8 @@ def train_captioner(embeddings: np.ndarray, captions: Sequence[Sequence[str]], t
             order, pos = rng.permutation(len(index)), 0
         pick = order[pos:pos + bs]
         pos += bs
-        params, opt_state, loss = step(params, opt_state, emb[index[pick]], tokens[pick])
+        params, opt_state, loss = step(params, opt_state, emb[index[pick]], tokens[pick],
+                                       lrs[s])
         losses.append(loss)
         if log_every and (s + 1) % log_every == 0:
             log.info("captioner step %d/%d: loss %.4f", s + 1, steps, float(loss))
