@@ -11,8 +11,7 @@ import pytest
 from gmm_jax import captioning as C
 from gmm_jax.captioning import decode
 from gmm_jax.captioning.generate import decoder_step_fn, make_generate_fn
-from gmm_jax.captioning.model import (Captioner, init_captioner, sequence_log_prob,
-                                      target_mask)
+from gmm_jax.captioning.model import Captioner, sequence_log_prob, target_mask
 from gmm_jax.tokenizer import Tokenizer
 
 CAPTIONS = ["a red square on the left", "two blue circles", "a small green triangle",
@@ -39,9 +38,16 @@ SOT, EOT, T = 2, 3, 5   # the random captioner's tiny vocabulary: words {0, 1}, 
 @pytest.fixture(scope="module")
 def random_captioner():
     model = Captioner(vocab_size=4, prefix_length=2, max_length=T, width=16, layers=1, heads=2)
-    params = init_captioner(model, 8, jax.random.key(2))
-    # Larger weights -> peaked, well-separated distributions (fewer near-ties).
-    return model, jax.tree.map(lambda x: x * 3.0, params)
+    shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), np.zeros((1, 8), np.float32),
+                                               np.zeros((1, T), np.int32)))["params"]
+    # Weights drawn in NumPy (no init to compile), large enough for peaked,
+    # well-separated distributions (fewer near-ties).
+    return model, random_like(shapes, seed=2, std=0.6)
+
+
+def random_like(shapes, seed, std):
+    rng = np.random.default_rng(seed)
+    return jax.tree.map(lambda s: (std * rng.normal(size=s.shape)).astype(np.float32), shapes)
 
 
 def test_target_mask_matches_a_loop():
@@ -169,10 +175,10 @@ def _images(n, size=32, seed=0):
 def tiny_clip():
     from gmm_jax.models import CLIP, get_config
     model = CLIP(get_config("tiny", vision_layers=1))
-    # The image tower's parameters only: the text tower is not needed here.
-    params = jax.jit(lambda k, x: model.init(k, x, method=model.encode_image))(
-        jax.random.key(0), _images(1))["params"]
-    return model, params
+    # The image tower's parameters only (the text tower is not needed), drawn in NumPy.
+    shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), _images(1),
+                                               method=model.encode_image))["params"]
+    return model, random_like(shapes, seed=0, std=0.1)
 
 
 def test_cached_embeddings_equal_a_fresh_encoding(tiny_clip, tmp_path):

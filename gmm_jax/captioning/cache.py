@@ -7,6 +7,7 @@ same images) never runs the image tower again.
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import os
@@ -30,10 +31,16 @@ def params_fingerprint(params) -> str:
     return h.hexdigest()
 
 
+@functools.lru_cache(maxsize=4)
+def _image_apply(model):
+    """One jitted image tower per architecture, shared by every parameter set."""
+    return jax.jit(lambda p, x: model.apply({"params": p}, x, method=model.encode_image))
+
+
 def clip_image_encoder(model, params, batch_size: int = 256) -> Callable:
     """``fn(images (b, H, W, 3) float32) -> (b, D)`` float32 image features of a Flax
     CLIP. Batches are zero-padded to ``batch_size`` so the tower compiles once."""
-    apply = jax.jit(lambda p, x: model.apply({"params": p}, x, method=model.encode_image))
+    apply = _image_apply(model)
     bs = int(batch_size)
 
     def fn(images):
