@@ -49,6 +49,9 @@ def captioning_from_embeddings(train_emb: np.ndarray, train_captions: Sequence[S
     if len(test_emb) != len(test_captions):
         raise ValueError(f"captioning: {len(test_emb)} test embeddings for "
                          f"{len(test_captions)} test caption lists")
+    if np.ndim(test_emb) != 2 or np.shape(test_emb)[1] != np.shape(train_emb)[1]:
+        raise ValueError(f"captioning: test embeddings {np.shape(test_emb)} do not match the "
+                         f"training embeddings {np.shape(train_emb)} (N, D)")
     t0 = time.time()
     model, params, losses = train_captioner(train_emb, train_captions, tokenizer, cfg,
                                             log_every=max(int(cfg.steps) // 10, 1))
