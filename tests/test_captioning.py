@@ -245,3 +245,18 @@ def test_config_errors_name_the_key():
     with pytest.raises(ValueError, match=r"embeddings \(3, 4\) must be \(N, D\) with N = "
                                          r"len\(captions\) = 2"):
         C.train_captioner(np.zeros((3, 4)), [["a"], ["b"]], None, C.captioning_config())
+
+
+def test_captions_by_image_groups_in_image_order():
+    from types import SimpleNamespace
+    from gmm_jax.captioning.run import captions_by_image
+    split = SimpleNamespace(num_images=3, captions=["a0", "a1", "b0", "c0", "c1", "c2"],
+                            text_to_image=np.array([0, 0, 1, 2, 2, 2], np.int32))
+    assert captions_by_image(split) == [["a0", "a1"], ["b0"], ["c0", "c1", "c2"]]
+
+
+def test_mismatched_test_embeddings_are_named():
+    with pytest.raises(ValueError, match=r"test embeddings \(2, 5\) do not match the "
+                                         r"training embeddings \(3, 4\)"):
+        C.captioning_from_embeddings(np.zeros((3, 4)), [["a"]] * 3, np.zeros((2, 5)),
+                                     [["a"]] * 2, None, C.captioning_config())
