@@ -249,7 +249,7 @@ def test_config_errors_name_the_key():
 
 def test_captions_by_image_groups_in_image_order():
     from types import SimpleNamespace
-    from gmm_jax.captioning.run import captions_by_image
+    from gmm_jax.captioning.suite import captions_by_image
     split = SimpleNamespace(num_images=3, captions=["a0", "a1", "b0", "c0", "c1", "c2"],
                             text_to_image=np.array([0, 0, 1, 2, 2, 2], np.int32))
     assert captions_by_image(split) == [["a0", "a1"], ["b0"], ["c0", "c1", "c2"]]

@@ -2,20 +2,10 @@
 image-caption files, the demo): both splits come from ``config.data``."""
 from __future__ import annotations
 
-import numpy as np
-
 from gmm_jax.captioning.cache import clip_image_encoder, params_fingerprint
-from gmm_jax.captioning.suite import captioning_metrics
+from gmm_jax.captioning.suite import captioning_metrics, captions_by_image
 from gmm_jax.data.retrieval import load_retrieval_split
 from gmm_jax.data.sources import DEFAULT_SPLITS, get_source
-
-
-def captions_by_image(split) -> list[list[str]]:
-    """A ``RetrievalSplit``'s captions as one list per image, in image order."""
-    out: list[list[str]] = [[] for _ in range(split.num_images)]
-    for text, i in zip(split.captions, np.asarray(split.text_to_image)):
-        out[int(i)].append(text)
-    return out
 
 
 def captioning_on_data(model, params, tokenizer, data_cfg, cfg, train_split: str | None = None,

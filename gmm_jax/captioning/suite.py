@@ -40,6 +40,15 @@ def _take_images(images, limit: int):
     return stream
 
 
+def captions_by_image(split) -> list[list[str]]:
+    """A split's captions as one list per image, in image order (anything with
+    ``num_images``, ``captions`` and ``text_to_image``, e.g. a ``RetrievalSplit``)."""
+    out: list[list[str]] = [[] for _ in range(split.num_images)]
+    for text, i in zip(split.captions, np.asarray(split.text_to_image)):
+        out[int(i)].append(text)
+    return out
+
+
 def captioning_from_embeddings(train_emb: np.ndarray, train_captions: Sequence[Sequence[str]],
                                test_emb: np.ndarray, test_captions: Sequence[Sequence[str]],
                                tokenizer, cfg, java: str | None = "auto"):
