@@ -20,10 +20,11 @@ def decoder_step_fn(model: Captioner, params, emb):
     def next_logits(tokens, t):
         m = tokens.shape[1]
         rep = jnp.repeat(prefix, m, axis=0)              # row i*m + j: image i, hypothesis j
-        logits = model.apply({"params": params}, rep, tokens.reshape(n * m, T),
-                             method=Captioner.logits)
-        step = jax.lax.dynamic_index_in_dim(logits, t - 1, axis=1, keepdims=False)
-        return step.reshape(n, m, -1)
+        h = model.apply({"params": params}, rep, tokens.reshape(n * m, T),
+                        method=Captioner.hidden)
+        # Project only the one position read: (N*M, V), not (N*M, T, V) logits.
+        h = jax.lax.dynamic_index_in_dim(h, t - 1, axis=1, keepdims=False)
+        return model.apply({"params": params}, h, method=Captioner.project).reshape(n, m, -1)
     return next_logits
 
 

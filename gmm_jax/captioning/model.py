@@ -58,18 +58,26 @@ class Captioner(nn.Module):
         h = jnp.tanh(self.map_hidden(emb))
         return self.map_out(h).reshape(emb.shape[0], self.prefix_length, self.width)
 
-    def logits(self, prefix, tokens):
-        """prefix (N, k, W), tokens (N, T) int -> (N, T, V) float32; row j of the
-        output is the distribution of token j + 1."""
+    def hidden(self, prefix, tokens):
+        """prefix (N, k, W), tokens (N, T) int -> (N, T, W) final states of the token
+        positions (after the last layer norm)."""
         n, length = tokens.shape
         if not 0 < length <= self.max_length or prefix.shape[0] != n:
-            raise ValueError(f"Captioner.logits: tokens {tokens.shape} (T <= max_length="
+            raise ValueError(f"Captioner: tokens {tokens.shape} (T <= max_length="
                              f"{self.max_length}) and prefix {prefix.shape} must share N")
         x = jnp.concatenate([prefix, self.token_embedding(tokens)], axis=1)
         x = x + self.positional_embedding[:self.prefix_length + length]
         x = self.transformer(x)
-        x = self.ln_final(x[:, self.prefix_length:])
-        return self.token_embedding.attend(x).astype(jnp.float32)
+        return self.ln_final(x[:, self.prefix_length:])
+
+    def project(self, h):
+        """States (..., W) -> vocabulary logits (..., V) float32 (tied embedding)."""
+        return self.token_embedding.attend(h).astype(jnp.float32)
+
+    def logits(self, prefix, tokens):
+        """prefix (N, k, W), tokens (N, T) int -> (N, T, V) float32; row j of the
+        output is the distribution of token j + 1."""
+        return self.project(self.hidden(prefix, tokens))
 
     def __call__(self, emb, tokens):
         return self.logits(self.prefix(emb), tokens)
