@@ -1,7 +1,6 @@
 """Embedding arithmetic (SIMAT protocol) on the demo's attribute swaps or on SIMAT."""
 from __future__ import annotations
 
-import os
 
 from gmm_jax import eval_suites as S
 from gmm_jax.evaluators.base import DataMissing, EvalError, Evaluator, Result, register

@@ -70,7 +70,7 @@ def tfds_missing(name: str, data_dir: str | None, manual_dir: str | None = None,
     if manual_only and manual_dir and os.path.isdir(manual_dir):
         return None  # prepared from the user's archives, no network
     where = data_dir or "~/tensorflow_datasets"
-    how = (f"put its archives in a manual dir and set config.eval.zeroshot.manual_dir"
+    how = ("put its archives in a manual dir and set config.eval.zeroshot.manual_dir"
            if manual_only else f"prepare it once with `tfds build {name} --data_dir={where}`")
     return DataMissing(f"TFDS dataset {name!r}{what} (data_dir={where})",
                        f"{how}, or leave it out of the suite's datasets")

@@ -1,7 +1,6 @@
 """Image-text retrieval R@K both ways on config.data's evaluation split (+ extra splits)."""
 from __future__ import annotations
 
-import numpy as np
 
 from gmm_jax import eval_suites as S
 from gmm_jax import figures
