@@ -138,3 +138,52 @@ def test_missing_dataset_and_bad_config_are_clear(fake, demo_data, tmp_path):
                                                         "arithmetic.simat_dir": str(tmp_path / "x")})
     with pytest.raises(eval_lib.EvalError, match="SIMAT"):
         eval_lib.evaluate(model, params, tok, simat, str(tmp_path))
+
+
+def test_a_new_suite_plugs_in_without_driver_changes(fake, demo_data, tmp_path, monkeypatch):
+    """A suite registered from outside the package runs by name, gets its own config
+    section (defaults + log_every/at_end) and shares the retrieval embeddings."""
+    from gmm_jax import evaluators
+    from gmm_jax.evaluators import base
+    monkeypatch.setattr(base, "_REGISTRY", dict(base._REGISTRY))  # undone after the test
+    seen = {}
+
+    @evaluators.register("mean_cosine_test")
+    class MeanCosine(evaluators.Evaluator):
+        @staticmethod
+        def defaults():
+            return {"power": 1.0}
+
+        def run(self, ctx):
+            data = ctx.retrieval()
+            seen["same_embeddings"] = data is ctx.retrieval(ctx.ecfg.retrieval.split)
+            cos = np.sum(data.image[data.t2i] * data.text, axis=1)
+            return evaluators.Result({"mean_cosine_test/value": float(np.mean(cos) ** self.cfg.power)})
+
+    model, params, tok = fake
+    config = _config(*demo_data, suites="geometry,mean_cosine_test")
+    values = eval_lib.evaluate(model, params, tok, config, str(tmp_path))
+    assert seen["same_embeddings"]
+    v = values["gap/mean_positive_cosine"]  # first-caption pairs: a different average
+    assert np.isfinite(values["mean_cosine_test/value"]) and np.isfinite(v)
+    assert eval_lib._section(config.eval, "mean_cosine_test").to_dict() == {
+        "power": 1.0, "log_every": 0, "at_end": True}
+
+
+def test_suites_due_per_suite_period():
+    import ml_collections
+    config = ml_collections.ConfigDict({"eval_every_steps": 100})
+    config.eval = eval_lib.default_eval_config()
+    config.eval.suites = "retrieval,geometry,zeroshot"
+    config.eval.geometry.log_every = 30
+    config.eval.zeroshot.log_every = -1
+    config.eval.zeroshot.at_end = True
+    config.eval.retrieval.at_end = False
+    config.eval.geometry.at_end = False
+    assert eval_lib.suites_due(config, 100, 1000) == ["retrieval"]
+    assert eval_lib.suites_due(config, 90, 1000) == ["geometry"]
+    assert eval_lib.suites_due(config, 300, 1000) == ["retrieval", "geometry"]
+    assert eval_lib.suites_due(config, 1000, 1000) == ["retrieval", "zeroshot"]  # 1000 % 100
+    assert eval_lib.suites_due(config, 990, 995) == ["geometry"]
+    assert eval_lib.suites_due(config, 995, 995) == ["zeroshot"]  # the end, off-period
+    assert eval_lib.suites_due(config, 7, 1000) == []
