@@ -8,10 +8,13 @@ The first form loads a training run's Orbax checkpoint (the latest step unless
 ``--step``) and writes to ``WORKDIR/eval/`` (``WORKDIR/eval_step_N/`` with ``--step``);
 the second a converted model directory (``python -m gmm_jax.convert``), the zero-shot
 baseline; the third writes ``compare.md`` / ``compare.json`` for several eval outputs.
-Knobs: ``--config.eval.*`` (see ``gmm_jax.eval_lib.default_eval_config``).
+Knobs: ``--config.eval.*`` (see ``gmm_jax.eval_lib.default_eval_config``). Nothing is
+downloaded: a suite whose data set is missing is skipped with one warning (``--strict``:
+exit 2 naming it); results of the suites that ran are always written.
 """
 from __future__ import annotations
 
+import json
 import os
 import sys
 
@@ -28,6 +31,9 @@ _OUT = flags.DEFINE_string("out", None, "Output directory.")
 _COMPARE = flags.DEFINE_boolean("compare", False, "Compare the eval directories given as "
                                 "positional arguments.")
 _NO_SHARD = flags.DEFINE_boolean("no_shard", False, "Run on one device instead of a data mesh.")
+_STRICT = flags.DEFINE_boolean("strict", False, "Fail (before any work) when a suite's data "
+                               "set is not present locally, instead of skipping that suite "
+                               "with a warning. Evaluation never downloads.")
 
 
 def _fail(msg: str):
@@ -103,11 +109,22 @@ def main(argv):
     if not _NO_SHARD.value and jax.device_count() > 1:
         mesh = jax.make_mesh((jax.device_count(),), ("data",), axis_types=(AxisType.Auto,))
     try:
-        values = eval_lib.evaluate(model, params, tok, config, out, mesh=mesh)
+        values = eval_lib.evaluate(model, params, tok, config, out, mesh=mesh,
+                                   strict=_STRICT.value)
     except (eval_lib.EvalError, FileNotFoundError) as e:
+        if os.path.exists(os.path.join(out, "metrics.json")):
+            print(f"eval.py: results of the suites that finished are in {out}", file=sys.stderr)
         _fail(str(e))
     with open(os.path.join(out, "metrics.md")) as f:
         print(f.read())
+    with open(os.path.join(out, "eval_info.json")) as f:
+        info = json.load(f)
+    for key, n in info.items():
+        if key.endswith("/duplicate_captions"):
+            print(f"{key.split('/')[0]}: {n} duplicate captions (identical text counts as "
+                  "the same caption)")
+    for suite, datasets in info.get("skipped", {}).items():
+        print(f"skipped suite {suite}: {', '.join(datasets)} not available locally")
     print(f"wrote {len(values)} metrics and figures to {out}")
 
 

@@ -1,12 +1,15 @@
-"""The paper's evaluation: embeddings from a model, the suites, the report and figures.
+"""The paper's evaluation driver: embeddings from a model, the suites, the report.
 
-``evaluate(model, params, tokenizer, config, out_dir)`` extracts image and text
-embeddings (batched, sharded over a mesh's ``data`` axis when given, progress bar)
-and runs the suites named in ``config.eval.suites`` (see ``default_eval_config``).
-It writes ``metrics.json`` (flat keys), ``metrics.md``, PNG figures and
-``embeddings.npz`` (a subsample of the retrieval pairs, for side-by-side gap
-pictures). The suite maths is in ``eval_suites``; report and figures in
-``report`` and ``figures``.
+``evaluate(model, params, tokenizer, config, out_dir)`` builds an ``Encoder``
+(batched, padded, sharded over a mesh's ``data`` axis, multi-host safe) and runs the
+suites named in ``config.eval.suites``. Each suite is an ``Evaluator`` in
+``gmm_jax.evaluators`` (one module per suite, chosen by name from a registry), so the
+driver knows no suite. It writes ``metrics.json`` (flat keys), ``metrics.md``,
+``eval_info.json`` and the figures; ``metrics.json`` is written whatever happens
+after the first suite, so a later failure never loses finished results.
+
+Data is never downloaded here: a suite whose data set is not present locally is
+skipped with one warning (``strict=True``: evaluation stops before any work).
 """
 from __future__ import annotations
 
@@ -15,36 +18,36 @@ import logging
 import math
 import os
 import time
-from typing import Iterable, Iterator
+from typing import Iterable
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding, PartitionSpec as P
 from tqdm.auto import tqdm
 
-from gmm_jax import eval_suites as S
-from gmm_jax import figures, report
+from gmm_jax import evaluators, figures, report
+from gmm_jax.evaluators import DataMissing, EvalContext, EvalError, as_list  # noqa: F401
+from gmm_jax.evaluators.context import take as _take  # noqa: F401  (kept name)
+from gmm_jax.evaluators.zeroshot import DEMO_DATASETS as DEMO_ZEROSHOT  # noqa: F401
 from gmm_jax.report import compare_runs, load_metrics  # noqa: F401  (re-exported API)
 from gmm_jax.figures import gap_figure_side_by_side  # noqa: F401  (re-exported API)
 
 log = logging.getLogger(__name__)
 
-SUITES = ("retrieval", "geometry", "calibration", "zeroshot", "fewshot", "arithmetic")
-DEMO_ZEROSHOT = "gmm_demo:target_test,gmm_demo:shift_background,gmm_demo:shift_combo"
-
-
-class EvalError(ValueError):
-    """A user error (missing checkpoint, dataset, bad config): reported without a trace."""
+SUITES = evaluators.names()  # registration order: the default run order
 
 
 def default_eval_config() -> ml_collections.ConfigDict:
     """Every evaluation knob; train configs hang it as ``config.eval``.
 
-    Name lists are comma-separated strings (easy to override on the command line:
-    ``--config.eval.suites=retrieval,geometry``); empty dataset fields mean "derive
-    from ``config.data``" (the demo's splits for the demo, CIFAR otherwise).
+    ``suites`` is a comma-separated string (``--config.eval.suites=retrieval,geometry``).
+    Each registered suite adds its section ``config.eval.<name>`` (its
+    ``Evaluator.defaults()`` plus ``log_every`` / ``at_end`` for in-training runs).
+    Left at its default, ``suites`` on own data (``config.data.name=image_text_files``)
+    runs only the suites that need no other data set.
     """
     c = ml_collections.ConfigDict()
     c.suites = ",".join(SUITES)
@@ -52,71 +55,50 @@ def default_eval_config() -> ml_collections.ConfigDict:
     c.max_examples = 0          # >0: cap images per split (quick runs); 0 = all
     c.progress = True           # tqdm bars
     c.figure_pairs = 500        # pairs kept in embeddings.npz and drawn in the gap picture
-
-    c.retrieval = ml_collections.ConfigDict()
-    c.retrieval.split = ""      # "" = config.data.eval_split
-    c.retrieval.protocol = "karpathy"  # | "first_caption"
-    c.retrieval.ks = (1, 5, 10)
-    c.retrieval.extra_splits = ""  # more splits of the same source -> retrieval_<split>/...
-
-    c.geometry = ml_collections.ConfigDict()
-    c.geometry.seed = 0
-    c.geometry.uniformity_t = 2.0
-    c.geometry.alignment_alpha = 2.0
-
-    c.calibration = ml_collections.ConfigDict()
-    c.calibration.n_bins = 10
-    c.calibration.scale = 0.0   # >0: fixed scale (1/tau); 0 = the model's exp(logit_scale)
-
-    c.zeroshot = ml_collections.ConfigDict()
-    c.zeroshot.datasets = ""    # "name" or "name:split", comma-separated; "" = auto
-    c.zeroshot.data_dir = ""    # "" = config.data.data_dir
-    c.zeroshot.manual_dir = ""  # ImageNet and friends need their archives here
-
-    c.fewshot = ml_collections.ConfigDict()
-    c.fewshot.dataset = ""      # "" = auto (gmm_demo for the demo, cifar10 otherwise)
-    c.fewshot.train_split = ""  # "" = target_train (demo) / train
-    c.fewshot.test_split = ""   # "" = the dataset's evaluation split
-    c.fewshot.ks = (1, 2, 4, 8, 16)
-    c.fewshot.seeds = (0, 1, 2)
-    c.fewshot.max_train_examples = 5000  # pool the k-shot draws come from
-    c.fewshot.c = 1.0           # inverse L2 strength of the logistic probe
-
-    c.arithmetic = ml_collections.ConfigDict()
-    c.arithmetic.source = ""    # "demo" | "simat" | "" = demo for the demo, else simat
-    c.arithmetic.simat_dir = ""  # SIMAT files: transfos.csv, triplets.csv, images/, similarity
-    c.arithmetic.simat_domain = "test"  # | "dev"
-    c.arithmetic.max_triples = 1000
-    c.arithmetic.lambdas = S.LAMBDAS
+    for name in SUITES:
+        c[name] = evaluators.section_config(evaluators.get(name))
     return c
-
-
-def as_list(value) -> list:
-    """A comma-separated string or a sequence -> list of stripped non-empty items."""
-    if value is None:
-        return []
-    if isinstance(value, str):
-        return [v.strip() for v in value.split(",") if v.strip()]
-    return list(value)
 
 
 # --------------------------------------------------------------------------
 # embeddings
+
+def _on_mesh(x, sharding):
+    """A global array of host value ``x`` (the same on every process) with ``sharding``:
+    each process hands over only the slices its own devices hold."""
+    if isinstance(x, jax.Array) and not x.is_fully_addressable:
+        return x  # already global (e.g. the training state's parameters)
+    if jax.process_count() == 1:
+        return jax.device_put(x, sharding)
+    x = np.asarray(x)
+    return jax.make_array_from_callback(x.shape, sharding, lambda idx: x[idx])
+
+
+def _to_host(x) -> np.ndarray:
+    """Host copy of a (possibly multi-host) array: gathered, identical on every process."""
+    if x.is_fully_addressable:
+        return np.asarray(x)
+    return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+
 
 class Encoder:
     """Jit-compiled, L2-normalised ``encode_image`` / ``encode_text`` of one model.
 
     Batches are padded to a fixed size (a multiple of the mesh's ``data`` axis), so
     each tower compiles once; with a ``mesh`` the batch is split over ``data`` and the
-    parameters replicated. Only the (N, D) float32 results are kept on the host.
+    parameters replicated. Multi-host: every process walks the same (deterministic)
+    eval stream, feeds its own devices' rows and gets the gathered (N, D) float32
+    result, so the metrics that follow are identical on all processes.
     """
 
     def __init__(self, model, params, batch_size: int = 256, mesh=None, progress: bool = True):
-        self.mesh, self.progress = mesh, progress
+        self.mesh = mesh
+        self.progress = progress and jax.process_index() == 0
         n_dev = mesh.shape["data"] if mesh is not None else 1
         self.batch_size = int(math.ceil(max(int(batch_size), 1) / n_dev) * n_dev)
         if mesh is not None:
-            params = jax.device_put(params, NamedSharding(mesh, P()))
+            replicated = NamedSharding(mesh, P())
+            params = jax.tree.map(lambda x: _on_mesh(x, replicated), params)
             self._in_sharding = NamedSharding(mesh, P("data"))
         self.params = params
 
@@ -140,15 +122,15 @@ class Encoder:
                     pad = np.zeros((B - n,) + chunk.shape[1:], chunk.dtype)
                     chunk = np.concatenate([chunk, pad])
                 if self.mesh is not None:
-                    chunk = jax.device_put(chunk, self._in_sharding)
+                    chunk = _on_mesh(chunk, self._in_sharding)
                 result = fn(self.params, chunk)
                 # Fetch the previous result only now, so host work overlaps the device.
                 if pending is not None:
-                    out.append(np.asarray(pending[0])[:pending[1]])
+                    out.append(_to_host(pending[0])[:pending[1]])
                 pending = (result, n)
                 bar.update(n)
         if pending is not None:
-            out.append(np.asarray(pending[0])[:pending[1]])
+            out.append(_to_host(pending[0])[:pending[1]])
         bar.close()
         if not out:
             raise EvalError(f"{desc}: no examples to embed")
@@ -178,17 +160,6 @@ def extract_embeddings(model, params, images: Iterable[np.ndarray] | None = None
     return img, txt
 
 
-def _take(batches: Iterator[np.ndarray], limit: int) -> Iterator[np.ndarray]:
-    """The first ``limit`` rows of a batch stream (all when ``limit <= 0``)."""
-    seen = 0
-    for b in batches:
-        if limit > 0 and seen + len(b) >= limit:
-            yield b[:limit - seen]
-            return
-        seen += len(b)
-        yield b
-
-
 def model_dims(model) -> tuple[int, int]:
     """(image_size, context_length) of a CLIP module (``model.config``)."""
     cfg = getattr(model, "config", None)
@@ -209,247 +180,152 @@ def model_scale(params) -> float:
 
 
 # --------------------------------------------------------------------------
-# data access (errors become EvalError with the culprit named)
+# which suites
 
-def _load(what: str, fn, *args, **kwargs):
-    try:
-        return fn(*args, **kwargs)
-    except EvalError:
-        raise
-    except Exception as e:  # TFDS raises many types for a missing dataset
-        raise EvalError(f"could not load {what}: {type(e).__name__}: {e}") from e
+def _eval_config(config):
+    ecfg = config.get("eval") if hasattr(config, "get") else None
+    return ecfg if ecfg is not None else default_eval_config()
 
 
-def _data_field(config, key, default=None):
+def _section(ecfg, name: str):
+    """``config.eval.<name>``, defaults filled in for a suite the config predates."""
+    section = evaluators.section_config(evaluators.get(name))
+    if name in ecfg:
+        section.update(ecfg[name])
+    return section
+
+
+def resolve_suites(config, ctx=None) -> list[str]:
+    """Suite names to run: ``config.eval.suites``, checked against the registry. On own
+    data (``image_text_files``) the default list drops suites needing other data sets."""
+    ecfg = _eval_config(config)
+    names = as_list(ecfg.suites)
+    for n in names:
+        evaluators.get(n)  # unknown name -> EvalError listing the known ones
     from gmm_jax.data.sources import cfg_get
-    data = config.get("data") if hasattr(config, "get") else getattr(config, "data", None)
-    return cfg_get(data, key, default) if data is not None else default
+    data = config.get("data") if hasattr(config, "get") else None
+    if (ctx is not None and names == list(SUITES)
+            and cfg_get(data, "name") == "image_text_files"):
+        own = [n for n in names
+               if not evaluators.get(n)(_section(ecfg, n), ecfg).needs_other_data(ctx)]
+        log.info("eval on own data: default suites %s (the others need other data sets; "
+                 "name them in config.eval.suites to run them)", ",".join(own))
+        names = own
+    return names
 
 
-def _is_demo(config) -> bool:
-    return _data_field(config, "name") == "demo"
-
-
-def _classification(config, ecfg, name: str, split: str | None, image_size: int):
-    from gmm_jax.data import load_classification_split
-    data_dir = ecfg.zeroshot.data_dir or _data_field(config, "data_dir")
-    return _load(f"classification dataset {name!r} split {split or '(default)'!r} "
-                 f"(data_dir={data_dir!r})", load_classification_split, name, split or None,
-                 image_size, data_dir, manual_dir=ecfg.zeroshot.manual_dir or None,
-                 demo_config=_data_field(config, "demo_config", "default"))
-
-
-# --------------------------------------------------------------------------
-# suites that need the model
-
-def _retrieval_block(enc, config, ecfg, tokenizer, split, image_size, ctx, prefix, scale):
-    """Retrieval (+ geometry/calibration on the same embeddings) for one split."""
-    from gmm_jax.data import load_retrieval_split
-    rs = _load(f"retrieval split {split or '(config.data.eval_split)'!r} of "
-               f"config.data.name={_data_field(config, 'name')!r}", load_retrieval_split,
-               config.data, split or None, tokenizer, image_size, context_length=ctx)
-    n = rs.num_images if ecfg.max_examples <= 0 else min(rs.num_images, ecfg.max_examples)
-    img = enc.images(_take(rs.iter_images(enc.batch_size), n), n, f"{prefix} images")
-    keep = rs.text_to_image < n
-    txt = enc.texts(rs.tokens[keep], f"{prefix} captions")
-    t2i = rs.text_to_image[keep].astype(np.int64)
-    return rs, img, txt, t2i
-
-
-def _run_retrieval(enc, config, ecfg, tokenizer, dims, scale, suites, out_dir, values, arrays):
-    image_size, ctx = dims
-    rs, img, txt, t2i = _retrieval_block(enc, config, ecfg, tokenizer, ecfg.retrieval.split,
-                                         image_size, ctx, "retrieval", scale)
-    arrays.update(rs=rs, image=img, text=txt, t2i=t2i)
-    txt_p, t2i_p = S.apply_protocol(txt, t2i, len(img), ecfg.retrieval.protocol)
-    pairs = txt[S.first_caption_index(t2i, len(img))]
-    if "retrieval" in suites:
-        values.update(S.retrieval_suite(img, txt_p, t2i_p, tuple(ecfg.retrieval.ks)))
-        figures.recall_chart(values, os.path.join(out_dir, "recall.png"), tuple(ecfg.retrieval.ks))
-        for extra in as_list(ecfg.retrieval.extra_splits):
-            _, ei, et, e2i = _retrieval_block(enc, config, ecfg, tokenizer, extra, image_size,
-                                              ctx, f"retrieval_{extra}", scale)
-            et, e2i = S.apply_protocol(et, e2i, len(ei), ecfg.retrieval.protocol)
-            values.update(S.retrieval_suite(ei, et, e2i, tuple(ecfg.retrieval.ks),
-                                            prefix=f"retrieval_{extra}"))
-    if "geometry" in suites:
-        g = ecfg.geometry
-        values.update(S.geometry_suite(img, pairs, g.seed, g.uniformity_t, g.alignment_alpha))
-        k = min(len(img), ecfg.figure_pairs)
-        np.savez_compressed(os.path.join(out_dir, "embeddings.npz"), image=img[:k], text=pairs[:k])
-        figures.gap_projection(img, pairs, os.path.join(out_dir, "gap_projection.png"),
-                               max_pairs=ecfg.figure_pairs)
-    if "calibration" in suites:
-        cal, bins = S.calibration_suite(img, txt_p, t2i_p, scale, ecfg.calibration.n_bins)
-        values.update(cal)
-        arrays["reliability"] = {f"retrieval {d}": b for d, b in bins.items()}
-
-
-def _zeroshot_datasets(config, ecfg) -> list[tuple[str, str | None, str]]:
-    """(dataset, split or None, label) of each zero-shot set."""
-    names = as_list(ecfg.zeroshot.datasets) or as_list(
-        DEMO_ZEROSHOT if _is_demo(config) else "cifar10,cifar100")
-    out = []
-    for entry in names:
-        name, _, split = entry.partition(":")
-        label = f"{name}_{split}" if split else name
-        out.append((name, split or None, label))
-    return out
-
-
-def _prompt_classifier(enc, tokenizer, class_names, templates, ctx) -> np.ndarray:
-    texts = [t.format(c) for c in class_names for t in templates]
-    tokens = np.asarray(tokenizer(texts, context_length=ctx), np.int32)
-    return S.class_weights(enc.texts(tokens, "prompts"), len(class_names))
-
-
-def _run_zeroshot(enc, config, ecfg, tokenizer, dims, scale, values, arrays):
-    image_size, ctx = dims
-    top1 = []
-    for name, split, label in _zeroshot_datasets(config, ecfg):
-        ds = _classification(config, ecfg, name, split, image_size)
-        weights = _prompt_classifier(enc, tokenizer, ds.class_names, ds.templates, ctx)
-        img, labels = _embed_labelled(enc, ds, ecfg.max_examples, f"zeroshot {label}")
-        res, bins = S.zeroshot_suite(img, labels, weights, scale, ecfg.calibration.n_bins,
-                                     prefix=f"zeroshot/{label}")
-        values.update(res)
-        top1.append(res[f"zeroshot/{label}/top1"])
-        arrays.setdefault("reliability_zeroshot", {})[label] = bins
-    values["zeroshot/mean_top1"] = float(np.mean(top1))
-
-
-def _embed_labelled(enc, ds, limit: int, desc: str):
-    labels = []
-
-    def images():
-        seen = 0
-        for x, y in ds.iter_batches(enc.batch_size):
-            if limit > 0 and seen + len(x) > limit:
-                x, y = x[:limit - seen], y[:limit - seen]
-            seen += len(x)
-            labels.append(np.asarray(y))
-            yield x
-            if limit > 0 and seen >= limit:
-                return
-
-    total = ds.num_examples if limit <= 0 else min(limit, ds.num_examples or limit)
-    emb = enc.images(images(), total, desc)
-    return emb, np.concatenate(labels).astype(np.int64)
-
-
-def _run_fewshot(enc, config, ecfg, dims, values):
-    image_size = dims[0]
-    f = ecfg.fewshot
-    name = f.dataset or ("gmm_demo" if _is_demo(config) else "cifar10")
-    train_split = f.train_split or ("target_train" if name == "gmm_demo" else "train")
-    train = _classification(config, ecfg, name, train_split, image_size)
-    test = _classification(config, ecfg, name, f.test_split or None, image_size)
-    tx, ty = _embed_labelled(enc, train, f.max_train_examples, f"fewshot {name} train")
-    vx, vy = _embed_labelled(enc, test, ecfg.max_examples, f"fewshot {name} test")
-    values.update(S.fewshot_suite(tx, ty, vx, vy, tuple(f.ks), tuple(f.seeds), f.c))
-
-
-def _run_arithmetic(enc, config, ecfg, tokenizer, dims, values, arrays):
-    a = ecfg.arithmetic
-    source = a.source or ("demo" if _is_demo(config) else "simat")
-    lams = tuple(float(x) for x in a.lambdas)
-    ctx = dims[1]
-
-    def word_embeddings(words):
-        words = sorted(set(words))
-        tokens = np.asarray(tokenizer(words, context_length=ctx), np.int32)
-        return dict(zip(words, enc.texts(tokens, "words")))
-
-    if source == "demo":
-        from gmm_jax.data import demo_arithmetic_triples
-        rs = arrays.get("rs")
-        if rs is None:
-            raise EvalError("arithmetic on the demo needs the retrieval split's images: keep "
-                            "'retrieval', 'geometry' or 'calibration' in config.eval.suites")
-        if not rs.attributes:
-            raise EvalError(f"arithmetic source 'demo' needs the demo data (config.data.name="
-                            f"{_data_field(config, 'name')!r}); set config.eval.arithmetic.source"
-                            "=simat and simat_dir")
-        n = len(arrays["image"])
-        attrs = {k: v[:n] for k, v in rs.attributes.items()}
-        triples = demo_arithmetic_triples(attrs, max_triples=a.max_triples or None)
-        words = [w for tr in triples for w in (tr.word, tr.new_word)]
-        values.update(S.demo_arithmetic_suite(arrays["image"], triples, word_embeddings(words),
-                                              lams))
-    elif source == "simat":
-        from gmm_jax import eval_simat
-        db = _load(f"SIMAT from config.eval.arithmetic.simat_dir={a.simat_dir!r}",
-                   eval_simat.load_simat, a.simat_dir, a.simat_domain, dims[0])
-        img = enc.images(_take(db.iter_images(enc.batch_size), 0), db.num_images, "SIMAT images")
-        values.update(S.simat_suite(img, db.source, db.value_words, db.target_words,
-                                    db.target_ids, db.norm2, db.similarity,
-                                    word_embeddings(list(db.value_words) + list(db.target_words)),
-                                    lams))
-    else:
-        raise EvalError(f"config.eval.arithmetic.source={source!r}; expected 'demo' or 'simat'")
+def suites_due(config, step: int, total_steps: int) -> list[str]:
+    """The suites to run at training step ``step`` of ``total_steps``: each suite's
+    ``log_every`` (0 = ``config.eval_every_steps``, -1 = never) and ``at_end``."""
+    ecfg = _eval_config(config)
+    default_every = int(config.get("eval_every_steps", 0) or 0) if hasattr(config, "get") else 0
+    due = []
+    for name in as_list(ecfg.suites):
+        s = _section(ecfg, name)
+        every = default_every if s.log_every == 0 else int(s.log_every)
+        if (every > 0 and step % every == 0) or (step == total_steps and s.at_end):
+            due.append(name)
+    return due
 
 
 # --------------------------------------------------------------------------
 # the driver
 
 def evaluate(model, params, tokenizer, config, out_dir: str, scale: float | None = None,
-             mesh=None, title: str | None = None) -> dict:
+             mesh=None, title: str | None = None, *, strict: bool = False,
+             step: int | None = None, total_steps: int | None = None) -> dict:
     """Run the suites of ``config.eval`` (default: ``default_eval_config()``) and write
-    ``out_dir/metrics.json``, ``metrics.md``, figures and ``embeddings.npz``.
+    ``out_dir/metrics.json``, ``metrics.md``, ``eval_info.json`` and figures.
 
     Args:
       model, params: a CLIP module (``encode_image``/``encode_text``, ``model.config``)
-        and its parameters.
+        and its parameters (host arrays or global arrays on ``mesh``).
       tokenizer: ``tok(texts, context_length=L) -> int32 (N, L)``.
       config: a ConfigDict with ``data`` (``config.data`` of the train configs) and
         optionally ``eval``.
-      out_dir: output directory (created).
+      out_dir: output directory (created by process 0, the only one that writes).
       scale: contrastive multiplier for calibration/zero-shot; default
         ``config.eval.calibration.scale`` if > 0, else the model's own
         ``exp(params['logit_scale'])`` (``model_scale``).
-      mesh: optional ``jax.sharding.Mesh`` with a ``data`` axis.
+      mesh: optional ``jax.sharding.Mesh`` with a ``data`` axis (may span hosts).
+      strict: a suite whose data set is missing stops evaluation (``DataMissing``)
+        before anything runs, instead of being skipped with a warning.
+      step, total_steps: in training, run only the suites due at ``step``
+        (``suites_due``); None runs them all.
     Returns:
-      the flat metrics dict.
+      the flat metrics dict (the same on every process).
     """
-    ecfg = config.get("eval") if hasattr(config, "get") else None
-    ecfg = ecfg if ecfg is not None else default_eval_config()
-    suites = as_list(ecfg.suites)
-    unknown = [s for s in suites if s not in SUITES]
-    if unknown:
-        raise EvalError(f"config.eval.suites: unknown suite(s) {unknown}; known: {list(SUITES)}")
+    ecfg = _eval_config(config)
     if scale is None:
-        scale = (ecfg.calibration.scale if ecfg.calibration.scale > 0
-                 else model_scale(params))
-    dims = model_dims(model)
-    os.makedirs(out_dir, exist_ok=True)
-    enc = Encoder(model, params, ecfg.batch_size, mesh, ecfg.progress)
-    values, arrays, timing = {}, {}, {}
+        cal = _section(ecfg, "calibration")
+        scale = cal.scale if cal.scale > 0 else model_scale(params)
+    image_size, context_length = model_dims(model)
+    encoder = Encoder(model, params, ecfg.batch_size, mesh, ecfg.progress)
+    suites = None if step is None else suites_due(config, step, total_steps or step)
+    return run_suites(encoder, tokenizer, config, out_dir, image_size=image_size,
+                      context_length=context_length, scale=float(scale), title=title,
+                      strict=strict, suites=suites)
 
-    def timed(name, fn, *args):
-        t0 = time.perf_counter()
-        fn(*args)
-        timing[name] = round(time.perf_counter() - t0, 3)
-        log.info("eval %s: %.1f s", name, timing[name])
 
-    needs_pairs = {"retrieval", "geometry", "calibration"} & set(suites) or (
-        "arithmetic" in suites and (ecfg.arithmetic.source or ("demo" if _is_demo(config) else "")) == "demo")
-    if needs_pairs:
-        timed("retrieval", _run_retrieval, enc, config, ecfg, tokenizer, dims, scale, suites,
-              out_dir, values, arrays)
-    if "zeroshot" in suites:
-        timed("zeroshot", _run_zeroshot, enc, config, ecfg, tokenizer, dims, scale, values, arrays)
-    if "fewshot" in suites:
-        timed("fewshot", _run_fewshot, enc, config, ecfg, dims, values)
-    if "arithmetic" in suites:
-        timed("arithmetic", _run_arithmetic, enc, config, ecfg, tokenizer, dims, values, arrays)
-    if "calibration" in suites and ("reliability" in arrays or "reliability_zeroshot" in arrays):
-        bins = dict(arrays.get("reliability", {}))
-        bins.update({f"zero-shot {k}": b for k, b in arrays.get("reliability_zeroshot", {}).items()})
-        figures.reliability_diagram(bins, os.path.join(out_dir, "reliability.png"))
+def run_suites(encoder, tokenizer, config, out_dir: str, *, image_size: int,
+               context_length: int, scale: float, title: str | None = None,
+               strict: bool = False, suites: list[str] | None = None) -> dict:
+    """``evaluate`` for any encoder (``images``/``texts``/``batch_size``, see ``Encoder``).
 
+    Suites run in order; ``DataMissing`` skips one (one warning line) unless ``strict``;
+    any other error propagates after metrics.json holds the suites finished so far.
+    """
+    ecfg = _eval_config(config)
+    writer = jax.process_index() == 0
+    ctx = EvalContext(encoder, tokenizer, config, ecfg, int(image_size), int(context_length),
+                      float(scale), out_dir, writer)
+    names = resolve_suites(config, ctx) if suites is None else list(suites)
+    suites_ = [evaluators.get(n)(_section(ecfg, n), ecfg) for n in names]
+
+    # Data checks first (offline): with strict nothing runs when anything is missing.
+    missing = {ev.name: ev.missing(ctx) for ev in suites_}
+    missing = {k: v for k, v in missing.items() if v}
+    if missing and strict:
+        first = next(iter(missing.values()))[0]
+        raise DataMissing(first.dataset, first.how + "".join(
+            f"; also {m.dataset} (suite {k})" for k, ms in missing.items() for m in ms
+            if m is not first))
+    for name, ms in missing.items():
+        log.warning("eval: skipping suite %r: %s", name, " | ".join(str(m) for m in ms))
+
+    if writer:
+        os.makedirs(out_dir, exist_ok=True)
+    values, reliability, info, timing = {}, {}, {}, {}
+    skipped = {k: [m.dataset for m in ms] for k, ms in missing.items()}
+    try:
+        for ev in suites_:
+            if ev.name in missing:
+                continue
+            t0 = time.perf_counter()
+            try:
+                result = ev.run(ctx)
+            except DataMissing as e:  # found only while running: same rule as above
+                if strict:
+                    raise
+                log.warning("eval: skipping suite %r: %s", ev.name, e)
+                skipped[ev.name] = [e.dataset]
+                continue
+            values.update(result.metrics)
+            reliability.update(result.reliability)
+            info.update(result.info)
+            timing[ev.name] = round(time.perf_counter() - t0, 3)
+            log.info("eval %s: %.1f s", ev.name, timing[ev.name])
+    finally:  # whatever happened, keep what was computed
+        if writer:
+            _write(out_dir, values, reliability, title, {
+                "suites": names, "skipped": skipped, "scale": float(scale), "seconds": timing,
+                **info, "eval_config": ecfg.to_dict() if hasattr(ecfg, "to_dict") else None})
+    return values
+
+
+def _write(out_dir, values, reliability, title, info):
+    if reliability:
+        figures.reliability_diagram(reliability, os.path.join(out_dir, "reliability.png"))
     report.write_metrics(values, out_dir, title or "Evaluation")
     with open(os.path.join(out_dir, "eval_info.json"), "w") as f:
-        json.dump({"suites": suites, "scale": float(scale), "seconds": timing,
-                   "eval_config": ecfg.to_dict() if hasattr(ecfg, "to_dict") else None},
-                  f, indent=1, default=str)
-    return values
+        json.dump(info, f, indent=1, default=str)

@@ -39,24 +39,35 @@ def first_caption_index(text_to_image: np.ndarray, num_images: int) -> np.ndarra
     return first
 
 
-def apply_protocol(text_emb, text_to_image, num_images: int, protocol: str):
-    """Caption set of a retrieval protocol: ``(text_emb, text_to_image)``.
+def protocol_indices(text_to_image, num_images: int, protocol: str) -> np.ndarray:
+    """Indices of the captions a retrieval protocol keeps.
 
     ``karpathy``: every caption (e.g. 5 per image). ``first_caption``: the first
     caption of each image only, so captions and images pair 1:1 (the reference code).
     """
     if protocol == "karpathy":
-        return np.asarray(text_emb), np.asarray(text_to_image, np.int64)
+        return np.arange(len(text_to_image), dtype=np.int64)
     if protocol == "first_caption":
-        idx = first_caption_index(text_to_image, num_images)
-        return np.asarray(text_emb)[idx], np.arange(num_images, dtype=np.int64)
+        return first_caption_index(text_to_image, num_images)
     raise ValueError(f"retrieval protocol {protocol!r}; expected 'karpathy' or 'first_caption'")
 
 
+def apply_protocol(text_emb, text_to_image, num_images: int, protocol: str):
+    """Caption set of a retrieval protocol: ``(text_emb, text_to_image)`` of the captions
+    ``protocol_indices`` keeps."""
+    idx = protocol_indices(text_to_image, num_images, protocol)
+    return np.asarray(text_emb)[idx], np.asarray(text_to_image, np.int64)[idx]
+
+
 def retrieval_suite(image_emb, text_emb, text_to_image, ks: Sequence[int] = (1, 5, 10),
-                    prefix: str = "retrieval") -> dict:
-    """R@K in percent both ways plus rsum: ``{prefix}/i2t_r{k}``, ``t2i_r{k}``, ``rsum``."""
-    rec = metrics.retrieval_recall(image_emb, text_emb, text_to_image, ks)
+                    prefix: str = "retrieval", text_groups=None) -> dict:
+    """R@K in percent both ways plus rsum: ``{prefix}/i2t_r{k}``, ``t2i_r{k}``, ``rsum``.
+
+    ``text_groups``: identical captions share an id and are interchangeable
+    (``metrics.retrieval_recall``).
+    """
+    rec = metrics.retrieval_recall(image_emb, text_emb, text_to_image, ks,
+                                   text_groups=text_groups)
     out = {f"{prefix}/{d}_r{k}": float(v) for d in ("i2t", "t2i") for k, v in rec[d].items()}
     out[f"{prefix}/rsum"] = metrics.rsum(rec)
     return out
@@ -87,13 +98,14 @@ def geometry_suite(v, t, seed: int = 0, uniformity_t: float = 2.0,
 # calibration
 
 def calibration_suite(image_emb, text_emb, text_to_image, scale: float, n_bins: int = 10,
-                      prefix: str = "calibration"):
+                      prefix: str = "calibration", text_groups=None):
     """Retrieval ECE at ``scale`` (the contrastive multiplier ``1/tau``).
 
     ``{prefix}/ece_i2t``, ``ece_t2i`` and ``ece`` (their mean), plus ``scale``.
     Returns ``(metrics, bins)`` with ``bins[direction]`` from ``metrics.reliability_bins``.
     """
-    conf = metrics.retrieval_confidences(image_emb, text_emb, text_to_image, float(scale))
+    conf = metrics.retrieval_confidences(image_emb, text_emb, text_to_image, float(scale),
+                                         text_groups=text_groups)
     out, bins = {}, {}
     for d, (c, ok) in conf.items():
         out[f"{prefix}/ece_{d}"] = metrics.calibration_error(c, ok, n_bins)

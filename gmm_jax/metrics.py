@@ -42,17 +42,18 @@ def _chunks(n: int, size: int = CHUNK) -> Iterator[slice]:
 # --------------------------------------------------------------------------
 # retrieval
 
-def retrieval_recall(image_emb, text_emb, text_to_image, ks: Sequence[int] = (1, 5, 10)) -> dict:
-    """Recall@K in percent, image->text and text->image.
+def caption_groups(captions: Sequence[str]) -> np.ndarray:
+    """Group id (M,) int64 per caption: captions with identical text share an id.
 
-    ``text_to_image[j]`` is the index of caption ``j``'s image; an image may
-    have several captions. An image query is right when any of its captions
-    ranks within the top K; a caption query when its image does. Ties count
-    against the query (strictly higher scores push the positive down; equal
-    scores too), so a constant embedding scores zero, not 100.
-
-    Returns ``{"i2t": {k: pct}, "t2i": {k: pct}}``.
+    Pass it as ``text_groups`` to ``retrieval_recall`` / ``retrieval_confidences`` so
+    that a caption is as good as any other caption with the same text.
     """
+    _, inverse = np.unique(np.asarray(list(captions), dtype=object).astype(str),
+                           return_inverse=True)
+    return inverse.reshape(-1).astype(np.int64)
+
+
+def _check_retrieval(image_emb, text_emb, text_to_image, text_groups):
     img, txt = _unit(image_emb), _unit(text_emb)
     owner = np.asarray(text_to_image, dtype=np.int64)
     n_img, n_txt = img.shape[0], txt.shape[0]
@@ -62,23 +63,103 @@ def retrieval_recall(image_emb, text_emb, text_to_image, ks: Sequence[int] = (1,
         raise ValueError(f"text_to_image holds image indices outside [0, {n_img})")
     if img.shape[1] != txt.shape[1]:
         raise ValueError(f"image_emb {img.shape} and text_emb {txt.shape} differ in embedding size")
+    if text_groups is None:
+        groups = np.arange(n_txt, dtype=np.int64)  # every caption its own text
+    else:
+        groups = np.asarray(text_groups)
+        if groups.shape != (n_txt,) or not np.issubdtype(groups.dtype, np.integer):
+            raise ValueError(f"text_groups must be an integer array of shape ({n_txt},) (one "
+                             f"group id per caption), got {groups.dtype} {groups.shape}")
+        groups = np.unique(groups, return_inverse=True)[1].reshape(-1).astype(np.int64)
+        if groups.max(initial=-1) + 1 == n_txt:  # all distinct: the plain rule, fast path
+            groups = np.arange(n_txt, dtype=np.int64)
+    return img, txt, owner, groups
+
+
+class _GroupImages:
+    """For each text group, the sorted distinct images holding a caption of that text
+    (a CSR table, so no (groups x images) matrix is ever built)."""
+
+    def __init__(self, owner: np.ndarray, groups: np.ndarray, n_img: int):
+        pairs = np.unique(groups * n_img + owner)
+        self.images = pairs % n_img
+        n_groups = int(groups.max()) + 1 if len(groups) else 0
+        self.start = np.searchsorted(pairs // n_img, np.arange(n_groups))
+        self.count = np.bincount(pairs // n_img, minlength=n_groups)
+        self.n_img = n_img
+
+    def mask(self, query_groups: np.ndarray) -> np.ndarray:
+        """bool (Q, n_img): image i holds a caption of query q's text."""
+        counts = self.count[query_groups]
+        rows = np.repeat(np.arange(len(query_groups)), counts)
+        offset = np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts)
+        cols = self.images[np.repeat(self.start[query_groups], counts) + offset]
+        out = np.zeros((len(query_groups), self.n_img), dtype=bool)
+        out[rows, cols] = True
+        return out
+
+
+def _image_positives(rows: slice, owner: np.ndarray, groups: np.ndarray) -> np.ndarray:
+    """bool (len(rows), M): caption j's text is one of image i's caption texts."""
+    n_groups = int(groups.max()) + 1 if len(groups) else 0
+    mine = (owner >= rows.start) & (owner < rows.stop)
+    has = np.zeros((rows.stop - rows.start, n_groups), dtype=bool)
+    has[owner[mine] - rows.start, groups[mine]] = True
+    if n_groups == len(groups):  # every caption its own text (groups == arange)
+        return has
+    return has[:, groups]
+
+
+def retrieval_recall(image_emb, text_emb, text_to_image, ks: Sequence[int] = (1, 5, 10),
+                     text_groups=None) -> dict:
+    """Recall@K in percent, image->text and text->image.
+
+    ``text_to_image[j]`` is the index of caption ``j``'s image; an image may
+    have several captions. An image query is right when one of its positive
+    captions ranks within the top K; a caption query when a positive image does.
+
+    Positives: without ``text_groups`` the image's own captions (resp. the
+    caption's own image). ``text_groups`` (M,) int gives captions with identical
+    text the same id (``caption_groups``); identical captions are then
+    interchangeable: for an image query every caption whose text equals one of
+    the image's captions is positive, and for a caption query every image that
+    has a caption of the same text. With all ids distinct this is the
+    three-argument meaning.
+
+    Ties count against the query: a negative scoring exactly as high as the best
+    positive ranks before it (the same rule as ``topk_accuracy``), so a
+    collapsed, constant embedding scores at or below chance, never 100.
+
+    Returns ``{"i2t": {k: pct}, "t2i": {k: pct}}``.
+
+    Example:
+      >>> e = np.eye(3)
+      >>> retrieval_recall(e, e, [0, 1, 2], ks=(1,))["i2t"][1]
+      100.0
+    """
+    img, txt, owner, groups = _check_retrieval(image_emb, text_emb, text_to_image, text_groups)
+    n_img, n_txt = img.shape[0], txt.shape[0]
     ks = tuple(int(k) for k in ks)
 
-    # image -> text: rank of the best-scoring positive caption.
+    # image -> text: negatives scoring at or above the best positive caption.
     i2t_rank = np.empty(n_img, dtype=np.int64)
     for rows in _chunks(n_img):
         sims = img[rows] @ txt.T  # (chunk, n_txt)
-        is_pos = owner[None, :] == np.arange(rows.start, rows.stop)[:, None]
-        best_pos = np.where(is_pos, sims, -np.inf).max(axis=1)
-        # Negatives scoring at or above the best positive come before it.
-        i2t_rank[rows] = np.sum((sims >= best_pos[:, None]) & ~is_pos, axis=1)
+        is_pos = _image_positives(rows, owner, groups)
+        best_pos = np.max(sims, axis=1, where=is_pos, initial=-np.inf)
+        ahead = sims >= best_pos[:, None]
+        del sims  # in-place from here: 5k x 25k stays within a few (chunk, M) buffers
+        np.logical_and(ahead, np.logical_not(is_pos, out=is_pos), out=ahead)
+        i2t_rank[rows] = ahead.sum(axis=1)
 
-    # text -> image: rank of the caption's own image.
+    # text -> image: images without the caption's text scoring at or above the best one with it.
+    table = _GroupImages(owner, groups, n_img)
     t2i_rank = np.empty(n_txt, dtype=np.int64)
     for rows in _chunks(n_txt):
         sims = txt[rows] @ img.T  # (chunk, n_img)
-        pos = sims[np.arange(sims.shape[0]), owner[rows]]
-        t2i_rank[rows] = np.sum(sims >= pos[:, None], axis=1) - 1
+        is_pos = table.mask(groups[rows])
+        best_pos = np.max(sims, axis=1, where=is_pos, initial=-np.inf)
+        t2i_rank[rows] = np.sum((sims >= best_pos[:, None]) & ~is_pos, axis=1)
 
     return {
         "i2t": {k: 100.0 * float(np.mean(i2t_rank < k)) for k in ks},
@@ -218,16 +299,18 @@ def expected_calibration_error(logits, labels, n_bins: int = 10) -> float:
     return calibration_error(probs.max(axis=1), probs.argmax(axis=1) == labels, n_bins)
 
 
-def retrieval_confidences(image_emb, text_emb, text_to_image, scale: float) -> dict:
+def retrieval_confidences(image_emb, text_emb, text_to_image, scale: float,
+                          text_groups=None) -> dict:
     """Top-1 confidence and correctness of retrieval, for calibration.
 
     Row-wise softmax of ``scale * S`` (``S`` the cosine matrix): for each image
-    query the max probability over captions, correct when the top caption is
-    one of the image's; for each caption query likewise over images.
+    query the max probability over captions, correct when the top caption is a
+    positive; for each caption query likewise over images. Positives as in
+    ``retrieval_recall`` (``text_groups``: identical captions interchangeable).
     Returns ``{"i2t": (conf, correct), "t2i": (conf, correct)}``.
     """
-    img, txt = _unit(image_emb), _unit(text_emb)
-    owner = np.asarray(text_to_image, np.int64)
+    img, txt, owner, groups = _check_retrieval(image_emb, text_emb, text_to_image, text_groups)
+    table = _GroupImages(owner, groups, img.shape[0])
     out = {}
     for name, queries, keys in (("i2t", img, txt), ("t2i", txt, img)):
         conf = np.empty(len(queries))
@@ -237,8 +320,11 @@ def retrieval_confidences(image_emb, text_emb, text_to_image, scale: float) -> d
             probs = _softmax(logits)
             top = probs.argmax(axis=1)
             conf[rows] = probs.max(axis=1)
-            idx = np.arange(rows.start, rows.stop)
-            correct[rows] = owner[top] == idx if name == "i2t" else top == owner[idx]
+            if name == "i2t":  # the top caption's text is one of the image's caption texts
+                pos = _image_positives(rows, owner, groups)
+            else:  # the top image holds a caption with the query's text
+                pos = table.mask(groups[rows])
+            correct[rows] = pos[np.arange(len(top)), top]
         out[name] = (conf, correct)
     return out
 
@@ -247,11 +333,22 @@ def retrieval_confidences(image_emb, text_emb, text_to_image, scale: float) -> d
 # classification on frozen features
 
 def topk_accuracy(logits, labels, ks: Sequence[int] = (1, 5)) -> dict:
-    """Top-K accuracy in percent; ``{k: pct}``. K larger than C counts as C."""
+    """Top-K accuracy in percent; ``{k: pct}``. K larger than C counts as C.
+
+    Ties count against the query, as in ``retrieval_recall``: a wrong class scoring
+    exactly the true class's logit ranks before it, so constant logits (a
+    collapsed model) score 0 for K < C, not 100.
+
+    Example:
+      >>> topk_accuracy(np.zeros((4, 3)), [0, 1, 2, 0], ks=(1, 3))
+      {1: 0.0, 3: 100.0}
+    """
     logits = np.asarray(logits, np.float64)
     labels = np.asarray(labels, np.int64)
+    if logits.ndim != 2 or labels.shape != (logits.shape[0],):
+        raise ValueError(f"expected logits (N, C) and labels (N,), got {logits.shape} and {labels.shape}")
     true_score = logits[np.arange(len(labels)), labels]
-    rank = np.sum(logits > true_score[:, None], axis=1)
+    rank = np.sum(logits >= true_score[:, None], axis=1) - 1  # minus the true class itself
     return {int(k): 100.0 * float(np.mean(rank < k)) for k in ks}
 
 

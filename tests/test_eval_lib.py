@@ -1,13 +1,10 @@
 """eval_lib: embedding extraction (batched, padded, sharded) and evaluate() end to end
 on the generated demo data, with a small stand-in CLIP (the real one is exercised in
 test_eval_e2e.py)."""
-import dataclasses
 import json
 import math
 import os
-import zlib
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -17,48 +14,7 @@ from jax.sharding import AxisType
 
 from gmm_jax import eval_lib
 from gmm_jax.data import demo
-
-# Large enough for attribute-swap triples in target_test; small enough to render in ~1 s.
-SPLITS = {"target_train": 40, "target_test": 48, "shift_background": 16, "shift_combo": 16}
-
-
-@dataclasses.dataclass(frozen=True)
-class FakeConfig:
-    image_size: int = 16
-    context_length: int = 12
-
-
-class FakeCLIP(nn.Module):
-    """Pooled pixels -> Dense, and mean token embedding -> Dense; CLIP's method names."""
-    config: FakeConfig = FakeConfig()
-
-    def setup(self):
-        self.img_proj = nn.Dense(8)
-        self.tok_emb = nn.Embed(128, 16)
-        self.txt_proj = nn.Dense(8)
-        self.logit_scale = self.param("logit_scale", lambda _: jnp.log(jnp.float32(20.0)))
-
-    def encode_image(self, x):
-        n, s = x.shape[0], x.shape[1]
-        pooled = x.reshape(n, 4, s // 4, 4, s // 4, 3).mean(axis=(2, 4))
-        return self.img_proj(pooled.reshape(n, -1))
-
-    def encode_text(self, tokens):
-        mask = (tokens > 0)[..., None]
-        e = (self.tok_emb(tokens) * mask).sum(1) / jnp.maximum(mask.sum(1), 1)
-        return self.txt_proj(e)
-
-    def __call__(self, x, tokens):
-        return self.encode_image(x), self.encode_text(tokens), self.logit_scale
-
-
-class FakeTokenizer:
-    def __call__(self, texts, context_length=77):
-        out = np.zeros((len(texts), context_length), np.int32)
-        for i, t in enumerate(texts):
-            ids = [zlib.crc32(w.encode()) % 127 + 1 for w in t.lower().split()][:context_length]
-            out[i, :len(ids)] = ids
-        return out
+from tests.eval_fakes import SPLITS, FakeCLIP, FakeTokenizer, demo_eval_config
 
 
 @pytest.fixture(scope="module")
@@ -79,21 +35,8 @@ def demo_data(tmp_path_factory):
 
 
 def _config(data_dir, demo_cfg, **eval_overrides):
-    import ml_collections
-    c = ml_collections.ConfigDict()
-    c.data = ml_collections.ConfigDict({"name": "demo", "data_dir": data_dir, "eval_split": "target_test"})
+    c = demo_eval_config(data_dir, **eval_overrides)
     c.data.demo_config = demo_cfg
-    c.eval = eval_lib.default_eval_config()
-    c.eval.progress = False
-    c.eval.batch_size = 16
-    c.eval.fewshot.ks = (1, 2)
-    c.eval.fewshot.seeds = (0,)
-    for k, v in eval_overrides.items():
-        node = c.eval
-        *path, last = k.split(".")
-        for p in path:
-            node = node[p]
-        node[last] = v
     return c
 
 
@@ -195,3 +138,52 @@ def test_missing_dataset_and_bad_config_are_clear(fake, demo_data, tmp_path):
                                                         "arithmetic.simat_dir": str(tmp_path / "x")})
     with pytest.raises(eval_lib.EvalError, match="SIMAT"):
         eval_lib.evaluate(model, params, tok, simat, str(tmp_path))
+
+
+def test_a_new_suite_plugs_in_without_driver_changes(fake, demo_data, tmp_path, monkeypatch):
+    """A suite registered from outside the package runs by name, gets its own config
+    section (defaults + log_every/at_end) and shares the retrieval embeddings."""
+    from gmm_jax import evaluators
+    from gmm_jax.evaluators import base
+    monkeypatch.setattr(base, "_REGISTRY", dict(base._REGISTRY))  # undone after the test
+    seen = {}
+
+    @evaluators.register("mean_cosine_test")
+    class MeanCosine(evaluators.Evaluator):
+        @staticmethod
+        def defaults():
+            return {"power": 1.0}
+
+        def run(self, ctx):
+            data = ctx.retrieval()
+            seen["same_embeddings"] = data is ctx.retrieval(ctx.ecfg.retrieval.split)
+            cos = np.sum(data.image[data.t2i] * data.text, axis=1)
+            return evaluators.Result({"mean_cosine_test/value": float(np.mean(cos) ** self.cfg.power)})
+
+    model, params, tok = fake
+    config = _config(*demo_data, suites="geometry,mean_cosine_test")
+    values = eval_lib.evaluate(model, params, tok, config, str(tmp_path))
+    assert seen["same_embeddings"]
+    v = values["gap/mean_positive_cosine"]  # first-caption pairs: a different average
+    assert np.isfinite(values["mean_cosine_test/value"]) and np.isfinite(v)
+    assert eval_lib._section(config.eval, "mean_cosine_test").to_dict() == {
+        "power": 1.0, "log_every": 0, "at_end": True}
+
+
+def test_suites_due_per_suite_period():
+    import ml_collections
+    config = ml_collections.ConfigDict({"eval_every_steps": 100})
+    config.eval = eval_lib.default_eval_config()
+    config.eval.suites = "retrieval,geometry,zeroshot"
+    config.eval.geometry.log_every = 30
+    config.eval.zeroshot.log_every = -1
+    config.eval.zeroshot.at_end = True
+    config.eval.retrieval.at_end = False
+    config.eval.geometry.at_end = False
+    assert eval_lib.suites_due(config, 100, 1000) == ["retrieval"]
+    assert eval_lib.suites_due(config, 90, 1000) == ["geometry"]
+    assert eval_lib.suites_due(config, 300, 1000) == ["retrieval", "geometry"]
+    assert eval_lib.suites_due(config, 1000, 1000) == ["retrieval", "zeroshot"]  # 1000 % 100
+    assert eval_lib.suites_due(config, 990, 995) == ["geometry"]
+    assert eval_lib.suites_due(config, 995, 995) == ["zeroshot"]  # the end, off-period
+    assert eval_lib.suites_due(config, 7, 1000) == []

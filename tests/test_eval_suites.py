@@ -196,3 +196,12 @@ def test_simat_suite_weights_brute_force():
         per.append(100 * np.sum(w * np.array(hits)))
     assert out["arithmetic/simat/score"] == pytest.approx(max(per))
     assert out["arithmetic/simat/best_lambda"] == lams[int(np.argmax(per))]
+
+
+def test_zeroshot_collapsed_model_is_not_perfect():
+    """A collapsed model (every class prompt embedded alike, so every class scores the
+    same): ties count against the true class, top-1 and top-5 of 10 classes are 0."""
+    labels = np.arange(40) % 10
+    img = np.ones((40, 6))
+    res, _ = S.zeroshot_suite(img, labels, np.ones((10, 6)), 20.0, prefix="z")
+    assert res["z/top1"] == 0.0 and res["z/top5"] == 0.0

@@ -169,3 +169,120 @@ def test_topk_accuracy_and_probe():
     y = rng.integers(0, 4, 200)
     x = centers[y] + rng.standard_normal((200, 16))
     assert metrics.linear_probe_accuracy(x[:100], y[:100], x[100:], y[100:]) > 90
+
+
+# --------------------------------------------------------------------------
+# identical captions are interchangeable; ties count against the query
+
+def _brute_recall_groups(img, txt, owner, groups, ks):
+    """Loops straight from the rule: a caption is a hit for image i when its text equals
+    one of image i's caption texts; an image is a hit for caption j when it has a caption
+    with j's text. Pessimistic ties: every non-hit scoring >= the best hit ranks first."""
+    img = img / np.linalg.norm(img, axis=1, keepdims=True)
+    txt = txt / np.linalg.norm(txt, axis=1, keepdims=True)
+    sims = img.astype(np.float64) @ txt.T.astype(np.float64)
+    texts_of = [set() for _ in range(len(img))]
+    for j, i in enumerate(owner):
+        texts_of[i].add(groups[j])
+    i2t = {k: 0 for k in ks}
+    for i in range(len(img)):
+        hits = [j for j in range(len(txt)) if groups[j] in texts_of[i]]
+        best = max(sims[i, j] for j in hits)
+        ahead = sum(1 for j in range(len(txt)) if j not in hits and sims[i, j] >= best)
+        for k in ks:
+            i2t[k] += ahead < k
+    t2i = {k: 0 for k in ks}
+    for j in range(len(txt)):
+        hits = [i for i in range(len(img)) if groups[j] in texts_of[i]]
+        best = max(sims[i, j] for i in hits)
+        ahead = sum(1 for i in range(len(img)) if i not in hits and sims[i, j] >= best)
+        for k in ks:
+            t2i[k] += ahead < k
+    return {"i2t": {k: 100 * i2t[k] / len(img) for k in ks},
+            "t2i": {k: 100 * t2i[k] / len(txt) for k in ks}}
+
+
+@pytest.mark.parametrize("n_img,caps,n_texts,quantise", [(6, 2, 4, False), (30, 3, 12, True),
+                                                         (25, 1, 5, True)])
+def test_retrieval_recall_text_groups_brute_force(n_img, caps, n_texts, quantise, monkeypatch):
+    rng = np.random.default_rng(n_img)
+    img = rng.standard_normal((n_img, 6))
+    owner = np.repeat(np.arange(n_img), caps)
+    groups = rng.integers(0, n_texts, len(owner))  # many repeated texts
+    txt = img[owner] + rng.standard_normal((len(owner), 6))
+    if quantise:  # one-hot rows: cosines exactly 0 or 1 in any precision, many exact ties
+        img = np.eye(6)[rng.integers(0, 6, n_img)]
+        txt = np.where(rng.random((len(owner), 1)) < 0.7, img[owner],
+                       np.eye(6)[rng.integers(0, 6, len(owner))])
+    ks = (1, 2, 5)
+    want = _brute_recall_groups(img, txt, owner, groups, ks)
+    got = metrics.retrieval_recall(img, txt, owner, ks, text_groups=groups)
+    for d in ("i2t", "t2i"):
+        assert got[d] == pytest.approx(want[d], abs=1e-9), d
+    monkeypatch.setattr(metrics, "CHUNK", 4)  # chunk boundaries change nothing
+    assert metrics.retrieval_recall(img, txt, owner, ks, text_groups=groups) == got
+    # all-distinct groups (any labels) mean the three-argument call
+    distinct = rng.permutation(len(owner)) * 7 + 3
+    assert (metrics.retrieval_recall(img, txt, owner, ks, text_groups=distinct)
+            == metrics.retrieval_recall(img, txt, owner, ks))
+    plain = metrics.retrieval_recall(img, txt, owner, ks)
+    brute = _brute_recall_groups(img, txt, owner, np.arange(len(owner)), ks)
+    for d in ("i2t", "t2i"):
+        assert plain[d] == pytest.approx(brute[d]), d
+
+
+def test_class_level_captions_perfect_model():
+    """The issue's case: every image of a class captioned with the class text and a model
+    mapping each class to one point. Without groups i2t reads ~0, with them 100."""
+    labels = np.repeat(np.arange(4), 5)
+    emb = np.eye(4)[labels]
+    captions = [f"a photo of digit {y}" for y in labels]
+    groups = metrics.caption_groups(captions)
+    assert len(np.unique(groups)) == 4 and (groups[labels == 2] == groups[10]).all()
+    owner = np.arange(len(labels))
+    plain = metrics.retrieval_recall(emb, emb, owner, (1,))
+    assert plain["i2t"][1] == 0.0 and plain["t2i"][1] == 0.0  # ties against: 4 others tie
+    grouped = metrics.retrieval_recall(emb, emb, owner, (1,), text_groups=groups)
+    assert grouped == {"i2t": {1: 100.0}, "t2i": {1: 100.0}}
+    conf = metrics.retrieval_confidences(emb, emb, owner, 10.0, text_groups=groups)
+    assert conf["i2t"][1].all() and conf["t2i"][1].all()
+    assert not metrics.retrieval_confidences(emb, emb, owner, 10.0)["i2t"][1].all()
+
+
+def test_retrieval_rejects_bad_groups():
+    with pytest.raises(ValueError, match="text_groups"):
+        metrics.retrieval_recall(np.ones((2, 3)), np.ones((2, 3)), [0, 1], text_groups=[0])
+    with pytest.raises(ValueError, match="text_groups"):
+        metrics.retrieval_recall(np.ones((2, 3)), np.ones((2, 3)), [0, 1], text_groups=[0.5, 1.0])
+
+
+def test_collapsed_model_scores_at_or_below_chance():
+    """One tie rule: constant scores give 0 for K < C in both top-k and retrieval."""
+    labels = np.arange(50) % 10
+    acc = metrics.topk_accuracy(np.zeros((50, 10)), labels, ks=(1, 5, 10))
+    assert acc[1] <= 10.0 and acc[5] <= 50.0 and acc[10] == 100.0
+    const = np.ones((12, 4))
+    rec = metrics.retrieval_recall(const, const[:12], np.arange(12), ks=(1, 5))
+    assert rec["i2t"][1] <= 100 / 12 and rec["t2i"][5] <= 5 * 100 / 12
+    # a tie between the true class and one other class is a miss at K=1, a hit at K=2
+    logits = np.array([[1.0, 1.0, 0.0]])
+    assert metrics.topk_accuracy(logits, [0], ks=(1, 2)) == {1: 0.0, 2: 100.0}
+
+
+def test_retrieval_confidences_groups_brute_force():
+    rng = np.random.default_rng(3)
+    img = rng.standard_normal((9, 5))
+    owner = np.repeat(np.arange(9), 2)
+    groups = rng.integers(0, 6, 18)
+    txt = img[owner] + 0.8 * rng.standard_normal((18, 5))
+    out = metrics.retrieval_confidences(img, txt, owner, 7.0, text_groups=groups)
+    v = img / np.linalg.norm(img, axis=1, keepdims=True)
+    t = txt / np.linalg.norm(txt, axis=1, keepdims=True)
+    s = v @ t.T
+    for i in range(9):
+        top = int(np.argmax(s[i]))
+        mine = {groups[j] for j in range(18) if owner[j] == i}
+        assert out["i2t"][1][i] == (groups[top] in mine)
+    for j in range(18):
+        top = int(np.argmax(s[:, j]))
+        assert out["t2i"][1][j] == any(groups[q] == groups[j] for q in range(18) if owner[q] == top)
