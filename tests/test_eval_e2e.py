@@ -99,3 +99,34 @@ def test_eval_cli_on_a_model_directory(setup):
     values = json.load(open(out / "metrics.json"))
     assert all(k in values for k in KEYS if k.startswith(("retrieval/", "gap/", "calibration/")))
     assert all(math.isfinite(v) for v in values.values())
+
+
+def test_captioning_suite_equals_the_library_on_the_same_embeddings(setup):
+    """The registered ``captioning`` suite (opt-in) scores what the captioning library
+    computes from embeddings made here with the model directly."""
+    from gmm_jax import captioning
+    from gmm_jax.captioning.suite import captions_by_image
+    from gmm_jax.data import load_retrieval_split
+    root, data_dir, demo_cfg, model, params, tok = setup
+    cfg = _config(data_dir, demo_cfg)
+    assert "captioning" not in eval_lib.as_list(cfg.eval.suites)  # expensive: not a default
+    cfg.eval.suites = "captioning"
+    cfg.eval.captioning.update(dict(prefix_length=2, width=32, layers=1, heads=2, max_length=16,
+                                    steps=20, batch_size=8, beam_size=2, decode_batch_size=16,
+                                    java_metrics="", train_split="target_train"))
+    out = str(root / "eval_captioning")
+    values = eval_lib.evaluate(model, params, tok, cfg, out)
+
+    def embed(split):
+        rs = load_retrieval_split(cfg.data, split, tok, model.config.image_size)
+        x = np.concatenate(list(rs.iter_images(16)))
+        e = np.asarray(model.apply({"params": params}, x, method=model.encode_image), np.float64)
+        return (e / np.linalg.norm(e, axis=-1, keepdims=True)).astype(np.float32), rs
+
+    (tr, tr_rs), (te, te_rs) = embed("target_train"), embed("target_test")
+    want, _, _ = captioning.captioning_from_embeddings(
+        tr, captions_by_image(tr_rs), te, captions_by_image(te_rs), tok, cfg.eval.captioning)
+    for k in ("captioning/bleu4", "captioning/cider", "captioning/rouge_l"):
+        assert values[k] == pytest.approx(want[k], abs=1e-6), k
+    assert values["captioning/num_train_images"] == SPLITS["target_train"]
+    assert os.path.getsize(os.path.join(out, "captioning_samples.md")) > 0

@@ -59,6 +59,8 @@ class Evaluator:
     (run at the end of training).
     """
     name: ClassVar[str] = ""
+    # False: not in the default ``config.eval.suites`` (expensive suites, opt-in by name).
+    in_defaults: ClassVar[bool] = True
 
     def __init__(self, cfg, ecfg):
         self.cfg, self.ecfg = cfg, ecfg
@@ -106,6 +108,11 @@ def get(name: str) -> type[Evaluator]:
 def names() -> tuple[str, ...]:
     """Registered suites, in registration order."""
     return tuple(_REGISTRY)
+
+
+def default_names() -> tuple[str, ...]:
+    """The suites run when ``config.eval.suites`` is left at its default."""
+    return tuple(n for n, cls in _REGISTRY.items() if cls.in_defaults)
 
 
 def section_config(cls: type[Evaluator]) -> ml_collections.ConfigDict:
