@@ -32,8 +32,9 @@ def choose_metrics(values: Mapping[str, float], id_metric: str = "", ood_metrics
     flat metrics. Defaults: in-distribution = the first zero-shot set's top1 (the
     target, e.g. ImageNet or the demo's target_test), out-of-distribution = the mean top1
     of the other zero-shot sets (the shifts); without zero-shot sets, retrieval rsum on
-    the eval split vs on ``retrieval.extra_splits``. ECE: ``calibration/ece`` and every
-    zero-shot set's ECE present."""
+    the eval split vs on ``retrieval.extra_splits``; no OOD metric when there is no other
+    set (a held-out run for choosing alpha): the figure then shows ID vs alpha. ECE:
+    ``calibration/ece`` and every zero-shot set's ECE present."""
     zs = _zeroshot_keys(values, "/top1")
     if id_metric:
         id_key = id_metric
@@ -46,14 +47,10 @@ def choose_metrics(values: Mapping[str, float], id_metric: str = "", ood_metrics
                           "suite in config.eval.suites): set --id-metric")
     if ood_metrics:
         ood = _keys(ood_metrics)
-    elif id_key in zs and len(zs) > 1:
+    elif id_key in zs:
         ood = [k for k in zs if k != id_key]
     else:
         ood = [k for k in values if k.startswith("retrieval_") and k.endswith("/rsum")]
-    if not ood:
-        raise WiseFTError(f"no default out-of-distribution metric for --id-metric={id_key}: "
-                          "add shifted zero-shot sets (config.eval.zeroshot.datasets) or "
-                          "set --ood-metrics")
     ece = _keys(ece_metrics) or ([k for k in ("calibration/ece",) if k in values]
                                  + _zeroshot_keys(values, "/ece"))
     for flag, keys in (("--id-metric", [id_key]), ("--ood-metrics", ood),
@@ -66,7 +63,7 @@ def choose_metrics(values: Mapping[str, float], id_metric: str = "", ood_metrics
 
 
 def _ood(row: Mapping[str, float], keys: Sequence[str]) -> float:
-    return float(np.mean([row[k] for k in keys]))
+    return float(np.mean([row[k] for k in keys])) if keys else float("nan")
 
 
 def _fmt(x: float) -> str:
@@ -74,7 +71,8 @@ def _fmt(x: float) -> str:
 
 
 def markdown(result: Mapping, id_key: str, ood: Sequence[str], ece: Sequence[str]) -> str:
-    ood_name = ood[0] if len(ood) == 1 else f"mean of {', '.join(ood)}"
+    ood_name = (ood[0] if len(ood) == 1 else f"mean of {', '.join(ood)}" if ood
+                else "none (no other evaluation set)")
     lines = ["# WiSE-FT: weight-space ensembles", "",
              "theta_alpha = (1 - alpha) * theta_zeroshot + alpha * theta_finetuned; "
              f"temperature: {result.get('temperature', 'log(scale) interpolated')}.", "",
@@ -96,27 +94,38 @@ def markdown(result: Mapping, id_key: str, ood: Sequence[str], ece: Sequence[str
 
 def id_ood_figure(result: Mapping, id_key: str, ood: Sequence[str], out_path: str) -> str:
     """OOD vs ID, one curve per fine-tuned run, points labelled by alpha; the zero-shot
-    (alpha = 0) and fine-tuned (alpha = 1) endpoints marked."""
+    (alpha = 0) and fine-tuned (alpha = 1) endpoints marked. Without OOD metrics: ID vs
+    alpha."""
     fig, ax = plt.subplots(figsize=(6, 4.8))
     alphas = list(result["alphas"])
+
+    def xy(rows):
+        if ood:
+            return [r[id_key] for r in rows], [_ood(r, ood) for r in rows]
+        return alphas, [r[id_key] for r in rows]
+
     for i, (name, rows) in enumerate(result["metrics"].items()):
         colour = f"C{i}"
-        x = [r[id_key] for r in rows]
-        y = [_ood(r, ood) for r in rows]
+        x, y = xy(rows)
         ax.plot(x, y, "-o", c=colour, ms=4, label=name)
         for a, xi, yi in zip(alphas, x, y):
             ax.annotate(f"{a:g}", (xi, yi), textcoords="offset points", xytext=(4, 3),
                         fontsize=7, color=colour)
             if a == 1.0:
                 ax.scatter([xi], [yi], marker="s", s=70, c=colour, edgecolors="k", zorder=3)
-    for a, r in zip(alphas, next(iter(result["metrics"].values()))):
+    x0, y0 = xy(next(iter(result["metrics"].values())))
+    for a, xi, yi in zip(alphas, x0, y0):
         if a == 0.0:
-            ax.scatter([r[id_key]], [_ood(r, ood)], marker="*", s=180, c="k", zorder=4,
+            ax.scatter([xi], [yi], marker="*", s=180, c="k", zorder=4,
                        label="zero-shot (alpha = 0)")
     ax.scatter([], [], marker="s", c="w", edgecolors="k", label="fine-tuned (alpha = 1)")
-    ax.set_xlabel(f"in-distribution: {id_key}")
-    ax.set_ylabel("out-of-distribution: " + (ood[0] if len(ood) == 1 else
-                                             f"mean of {len(ood)} metrics"))
+    if ood:
+        ax.set_xlabel(f"in-distribution: {id_key}")
+        ax.set_ylabel("out-of-distribution: " + (ood[0] if len(ood) == 1 else
+                                                 f"mean of {len(ood)} metrics"))
+    else:
+        ax.set_xlabel("alpha")
+        ax.set_ylabel(f"in-distribution: {id_key}")
     ax.set_title("WiSE-FT: weight-space ensembles", fontsize=10)
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
