@@ -347,7 +347,15 @@ def main(argv, F) -> None:
         _fail(str(e))
 
 
-if __name__ == "__main__":
+def cli() -> None:
+    """Entry point: absl flags + ``app.run``."""
     from absl import app
-    _FLAGS = _define_flags()
-    app.run(lambda argv: main(argv, _FLAGS))
+    flag_holders = _define_flags()
+    app.run(lambda argv: main(argv, flag_holders))
+
+
+if __name__ == "__main__":
+    # Run the imported module's cli(), so that gmm_jax.wise_ft.WiseFTError (raised by
+    # wise_ft_report too) is the class main() catches, not a __main__ copy.
+    from gmm_jax.wise_ft import cli as _cli
+    _cli()

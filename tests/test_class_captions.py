@@ -149,3 +149,16 @@ def test_train_py_fine_tunes_on_class_captions(tmp_path):
     from gmm_jax.tokenizer import Tokenizer
     tok = Tokenizer.from_path(str(tmp_path / "run" / "tokenizer"))
     assert tok.decode(tok.encode("a photo of a circle.")).strip() == "a photo of a circle."
+
+
+def test_imagenet_config_is_valid_and_evaluates_the_shifts():
+    from gmm_jax import train_lib
+    from gmm_jax.configs import imagenet
+    config = imagenet.get_config()
+    train_lib.validate_config(config)
+    assert config.data.name == "class_captions" and config.data.caption_mode == "random"
+    assert config.model.preset == "ViT-B/16" and config.init is None  # given on the CLI
+    assert config.eval.zeroshot.datasets.split(",") == [
+        "imagenet2012", "imagenet_v2", "imagenet_r", "imagenet_a", "imagenet_sketch"]
+    config.init = "/models/b16"
+    train_lib.validate_config(config)
