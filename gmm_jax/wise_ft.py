@@ -27,19 +27,19 @@ alpha); each alpha's own eval output under ``DIR/evals/``. See docs/robustness.m
 """
 from __future__ import annotations
 
-import json
 import logging
 import os
 import sys
-from typing import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 
 log = logging.getLogger(__name__)
 
 ZEROSHOT_NAME = "zeroshot"
-# Model-config fields that do not change the function a parameter tree computes.
-RUNTIME_FIELDS = ("dtype", "remat")
+# Model-config fields that do not change the function a parameter tree computes
+# (run-time options, and the initial value of a tensor both models have).
+IGNORED_FIELDS = ("dtype", "remat", "logit_scale_init")
 
 
 class WiseFTError(ValueError):
@@ -78,36 +78,38 @@ def load_model(path: str, step: int | None = None):
 
 # --------------------------------------------------------------------------- maths
 
-def _flat(params) -> list[tuple[str, object]]:
+def _flat(params) -> list[tuple[str, tuple]]:
+    """``[(path, shape)]`` in tree order; leaves may be arrays or ``ShapeDtypeStruct``s."""
     import jax
-    return [(jax.tree_util.keystr(k), v) for k, v in jax.tree_util.tree_leaves_with_path(params)]
+    return [(jax.tree_util.keystr(k), tuple(np.shape(v) if not hasattr(v, "shape") else v.shape))
+            for k, v in jax.tree_util.tree_leaves_with_path(params)]
 
 
 def check_compatible(params_a, params_b, name_a: str = "A", name_b: str = "B",
                      config_a=None, config_b=None) -> None:
     """Raise WiseFTError naming the first difference between two models: a model-config
-    field (with ``config_a``/``config_b``: ``CLIPConfig``s; run-time fields such as
-    ``dtype`` are ignored), then the first tensor (in ``name_a``'s tree order) missing
+    field (with ``config_a``/``config_b``: ``CLIPConfig``s; ``IGNORED_FIELDS`` such
+    as ``dtype`` do not count), then the first tensor (in ``name_a``'s tree order) missing
     from the other tree or with another shape, then a tensor only ``name_b`` has."""
     if config_a is not None and config_b is not None:
         da, db = config_a.to_dict(), config_b.to_dict()
         for key in sorted(set(da) | set(db)):
-            if key not in RUNTIME_FIELDS and da.get(key) != db.get(key):
+            if key not in IGNORED_FIELDS and da.get(key) != db.get(key):
                 raise WiseFTError(f"different architectures: model config {key!r} is "
                                   f"{da.get(key)!r} in {name_a} and {db.get(key)!r} in {name_b}")
     flat_b = dict(_flat(params_b))
     flat_a = _flat(params_a)
-    for path, a in flat_a:
+    for path, shape in flat_a:
         if path not in flat_b:
             raise WiseFTError(f"different layouts: tensor {path} of {name_a} (shape "
-                              f"{np.shape(a)}) is missing from {name_b}")
-        if np.shape(a) != np.shape(flat_b[path]):
-            raise WiseFTError(f"different shapes: tensor {path} is {np.shape(a)} in {name_a} "
-                              f"and {np.shape(flat_b[path])} in {name_b}")
+                              f"{shape}) is missing from {name_b}")
+        if shape != flat_b[path]:
+            raise WiseFTError(f"different shapes: tensor {path} is {shape} in {name_a} "
+                              f"and {flat_b[path]} in {name_b}")
     extra = [p for p in flat_b if p not in dict(flat_a)]
     if extra:
         raise WiseFTError(f"different layouts: tensor {extra[0]} of {name_b} (shape "
-                          f"{np.shape(flat_b[extra[0]])}) is missing from {name_a}")
+                          f"{flat_b[extra[0]]}) is missing from {name_a}")
 
 
 def _interpolate_fn():
@@ -315,7 +317,7 @@ def main(argv, F) -> None:
         alphas = parse_alphas(F["alphas"].value) if curve else []
         model, params_a, tok, runs = _load_all(F)
         if saving:
-            (path, params_b), = runs.values()
+            ((_, params_b),) = runs.values()
             out = save_interpolated(model, params_a, params_b, tok, F["save_alpha"].value,
                                     F["save_to"].value)
             print(f"wrote the model at alpha={F['save_alpha'].value:g} to {out}")

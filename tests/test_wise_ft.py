@@ -78,7 +78,7 @@ def _np64(tree):
 
 
 def test_interpolation_is_the_weighted_sum_of_every_tensor(runs):
-    model, pa, _ = wise_ft.load_model(runs["A"])
+    _, pa, _ = wise_ft.load_model(runs["A"])
     _, pb, _ = wise_ft.load_model(runs["C"])
     a64, b64 = _np64(pa), _np64(pb)
     for alpha in (0.0, 0.3, 0.75, 1.0):
@@ -112,14 +112,18 @@ def test_parse_alphas():
             wise_ft.parse_alphas(bad)
 
 
+def _abstract(cfg):
+    """The parameter shapes of a model config, without computing anything."""
+    model = CLIP(cfg)
+    return jax.eval_shape(lambda: init_params(model, jax.random.key(0)))
+
+
 def test_incompatible_models_name_the_first_mismatch():
-    base = CLIP(_arch())
-    pa = init_params(base, jax.random.key(0))
-    deeper = CLIP(_arch(vision_layers=2))
+    base, deeper = _arch(), _arch(vision_layers=2)
+    pa = _abstract(base)
     with pytest.raises(wise_ft.WiseFTError, match="different architectures: model config "
                                                   "'vision_layers' is 1 in A and 2 in B"):
-        wise_ft.check_compatible(pa, init_params(deeper, jax.random.key(0)), "A", "B",
-                                 base.config, deeper.config)
+        wise_ft.check_compatible(pa, _abstract(deeper), "A", "B", base, deeper)
     # Without configs, the tensor trees alone: a missing tensor, then a shape.
     with pytest.raises(wise_ft.WiseFTError, match=r"tensor \['visual'\].*missing from B"):
         wise_ft.check_compatible(pa, {k: v for k, v in pa.items() if k != "visual"}, "A", "B")
@@ -127,13 +131,17 @@ def test_incompatible_models_name_the_first_mismatch():
                                                   "from A"):
         wise_ft.check_compatible({k: v for k, v in pa.items() if k != "logit_scale"}, pa,
                                  "A", "B")
-    wider = init_params(CLIP(_arch(embed_dim=48)), jax.random.key(0))
+    wider = _abstract(_arch(embed_dim=48))
     a_flat, w_flat = flat_leaves(pa), flat_leaves(wider)
-    first = next(k for k in a_flat if np.shape(a_flat[k]) != np.shape(w_flat[k]))
+    first = next(k for k in a_flat if a_flat[k].shape != w_flat[k].shape)
     with pytest.raises(wise_ft.WiseFTError) as e:
         wise_ft.check_compatible(pa, wider, "A", "B")
-    assert str(e.value) == (f"different shapes: tensor {first} is {np.shape(a_flat[first])} "
-                            f"in A and {np.shape(w_flat[first])} in B")
+    assert str(e.value) == (f"different shapes: tensor {first} is {a_flat[first].shape} "
+                            f"in A and {w_flat[first].shape} in B")
+    # Same shapes, other activation: only the config tells them apart.
+    with pytest.raises(wise_ft.WiseFTError, match="model config 'act'"):
+        wise_ft.check_compatible(pa, pa, "A", "B", base, base.replace(act="gelu"))
+    wise_ft.check_compatible(pa, pa, "A", "B", base, base.replace(dtype="bfloat16"))
 
 
 def _cli(*args):
