@@ -74,14 +74,14 @@ def markdown(result: Mapping, id_key: str, ood: Sequence[str], ece: Sequence[str
     ood_name = (ood[0] if len(ood) == 1 else f"mean of {', '.join(ood)}" if ood
                 else "none (no other evaluation set)")
     lines = ["# WiSE-FT: weight-space ensembles", "",
-             "theta_alpha = (1 - alpha) * theta_zeroshot + alpha * theta_finetuned; "
-             f"temperature: {result.get('temperature', 'log(scale) interpolated')}.", "",
+             ("theta_alpha = (1 - alpha) * theta_zeroshot + alpha * theta_finetuned; "
+              f"temperature: {result.get('temperature', 'log(scale) interpolated')}."), "",
              f"- zero-shot model (alpha = 0): `{result.get('zeroshot', '?')}`",
              f"- in-distribution (ID): `{id_key}`",
              f"- out-of-distribution (OOD): `{ood_name}`", ""]
     for name, rows in result["metrics"].items():
-        lines += [f"## {name}", "", f"fine-tuned model (alpha = 1): "
-                  f"`{result.get('finetuned', {}).get(name, name)}`", "",
+        source = result.get("finetuned", {}).get(name, name)
+        lines += [f"## {name}", "", f"fine-tuned model (alpha = 1): `{source}`", "",
                   "| alpha | ID | OOD | " + " | ".join(f"`{k}`" for k in ece) + " |",
                   "| ---: | ---: | ---: |" + " ---: |" * len(ece)]
         for a, row in zip(result["alphas"], rows):
@@ -154,13 +154,17 @@ def write(result: Mapping, out_dir: str, id_metric: str = "", ood_metrics: str =
           ece_metrics: str = "") -> str:
     """Write ``wise_ft.json``, ``wise_ft.md``, ``wise_ft_id_ood.png`` and
     ``wise_ft_ece.png`` to ``out_dir``; returns the markdown."""
+    os.makedirs(out_dir, exist_ok=True)
+    path = os.path.join(out_dir, "wise_ft.json")
+
+    def dump(data):
+        with open(path, "w") as f:
+            json.dump(data, f, indent=1, allow_nan=True)
+
+    dump(result)  # first without the metric choice: a bad flag loses no evaluation
     first = next(iter(result["metrics"].values()))[0]
     id_key, ood, ece = choose_metrics(first, id_metric, ood_metrics, ece_metrics)
-    os.makedirs(out_dir, exist_ok=True)
-    data = dict(result)
-    data.update(id_metric=id_key, ood_metrics=list(ood), ece_metrics=list(ece))
-    with open(os.path.join(out_dir, "wise_ft.json"), "w") as f:
-        json.dump(data, f, indent=1, allow_nan=True)
+    dump({**result, "id_metric": id_key, "ood_metrics": list(ood), "ece_metrics": list(ece)})
     md = markdown(result, id_key, ood, ece)
     with open(os.path.join(out_dir, "wise_ft.md"), "w") as f:
         f.write(md + "\n")
