@@ -35,7 +35,7 @@ CHOICES = {
     "loss.temperature": ts.TEMPERATURES, "loss_impl": ("global", "local"),
     "model.dtype": ("float32", "bfloat16"), "optim.name": ("adamw",),
     "optim.schedule": ("cosine", "constant"),
-    "data.name": ("coco", "flickr30k", "image_text_files", "demo"),
+    "data.name": ("coco", "flickr30k", "image_text_files", "demo", "class_captions"),
     "data.caption_mode": ("first", "random"),
 }
 

@@ -78,7 +78,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.tokenizer_vocab_size = 0  # trained tokenizer size; 0 = model.vocab_size
 
     config.data = ml_collections.ConfigDict()
-    config.data.name = "coco"      # coco | flickr30k | image_text_files | demo
+    config.data.name = "coco"      # coco | flickr30k | image_text_files | demo | class_captions
     config.data.data_dir = config_dict.placeholder(str)      # TFDS data dir (None = ~/tensorflow_datasets)
     config.data.manual_dir = config_dict.placeholder(str)
     config.data.files_path = config_dict.placeholder(str)
@@ -92,6 +92,11 @@ def get_config() -> ml_collections.ConfigDict:
     config.data.shuffle_buffer = 10_000
     config.data.fail_on_bad_image = False
     config.data.demo_config = "default"  # demo: default | small | a GmmDemoConfig
+    # name = class_captions: a TFDS classification set with class-name captions (FLYP).
+    config.data.class_captions = ml_collections.ConfigDict()
+    config.data.class_captions.dataset = ""      # TFDS name: imagenet2012, cifar10, gmm_demo
+    config.data.class_captions.class_names = ()  # () = the zero-shot class-name table
+    config.data.class_captions.templates = ()    # () = the zero-shot templates ("{}" slot)
 
     config.loss = _loss()
     config.loss_impl = "global"    # global | local (shard_map: local rows x gathered cols)

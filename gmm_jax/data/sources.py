@@ -10,6 +10,8 @@ host needs are decoded. Sources (``config.data.name``):
 - ``image_text_files``: ``config.data.files_path``, one JSONL/CSV file (split ``train``)
   or a directory of ``<split>.jsonl``/``<split>.csv`` files (default splits ``train`` /
   ``test``); images relative to ``config.data.images_dir``, else to the files' folder.
+- ``class_captions``: a TFDS classification set, captions = class names in prompt
+  templates (``data/class_captions.py``).
 - ``demo``: the generated ``gmm_demo`` set (``config.data.demo_config``: "default" |
   "small" or a ``GmmDemoConfig``); extras are its attributes.
 """
@@ -24,12 +26,13 @@ import tensorflow_datasets as tfds
 
 from gmm_jax.data import demo, flickr30k, image_text_files
 
-SOURCES = ("coco", "flickr30k", "image_text_files", "demo")
+SOURCES = ("coco", "flickr30k", "image_text_files", "demo", "class_captions")
 DEFAULT_SPLITS = {  # (train, eval)
     "coco": ("train+restval", "test"),
     "flickr30k": ("train", "test"),
     "image_text_files": ("train", "test"),   # a single file: ("train", "train")
     "demo": ("target_train", "target_test"),
+    "class_captions": ("train", "validation"),  # data/class_captions.py
 }
 DEMO_EXTRAS = ("label", "shape", "colour", "size", "position", "background", "style", "count")
 
@@ -150,6 +153,10 @@ def get_source(data_cfg, prepare: bool = True) -> Source:
     elif name == "demo":
         b = demo.builder(data_dir, cfg_get(data_cfg, "demo_config", "default"))
         src = Source(name, b, _captions_sequence, DEMO_EXTRAS)
+    elif name == "class_captions":  # a classification set as templated class names
+        from gmm_jax.data import class_captions
+        src, download_config = class_captions.make_source(data_cfg)
+        b = src.builder
     else:
         raise ValueError(f"config.data.name={name!r}; expected one of {SOURCES}")
     if prepare:
