@@ -13,6 +13,7 @@ skipped with one warning (``strict=True``: evaluation stops before any work).
 """
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import math
@@ -81,6 +82,16 @@ def _to_host(x) -> np.ndarray:
     return np.asarray(multihost_utils.process_allgather(x, tiled=True))
 
 
+@functools.lru_cache(maxsize=8)
+def _normalised_tower(model, method: str):
+    """One jitted, L2-normalised tower per (architecture, method), shared by every
+    parameter set: a WiSE-FT curve or repeated in-training evals compile once."""
+    def fn(p, x):
+        f = model.apply({"params": p}, x, method=method).astype(jnp.float32)
+        return f / jnp.maximum(jnp.linalg.norm(f, axis=-1, keepdims=True), 1e-12)
+    return jax.jit(fn)
+
+
 class Encoder:
     """Jit-compiled, L2-normalised ``encode_image`` / ``encode_text`` of one model.
 
@@ -102,13 +113,8 @@ class Encoder:
             self._in_sharding = NamedSharding(mesh, P("data"))
         self.params = params
 
-        def make(method):
-            def fn(p, x):
-                f = model.apply({"params": p}, x, method=method).astype(jnp.float32)
-                return f / jnp.maximum(jnp.linalg.norm(f, axis=-1, keepdims=True), 1e-12)
-            return jax.jit(fn)
-
-        self._image_fn, self._text_fn = make("encode_image"), make("encode_text")
+        self._image_fn = _normalised_tower(model, "encode_image")
+        self._text_fn = _normalised_tower(model, "encode_text")
 
     def _run(self, fn, batches: Iterable[np.ndarray], total: int | None, desc: str) -> np.ndarray:
         B, out, pending = self.batch_size, [], None
