@@ -6,13 +6,16 @@ with the evaluation at the end (suites that need no other dataset).
 Data: COCO through a stand-in for the ``coco_captions`` builder's ``as_dataset`` only
 (``tfds.testing.mock_data`` would also redirect file writes, which breaks Orbax's
 checkpoint writes); Flickr30k through the project's own builder from a tiny manual
-directory (no mocking at all). The run happens in a subprocess: this file is also the
-worker (``python tests/test_headline_configs.py TRAIN_PY_ARGS...``).
+directory (no mocking at all). The runs happen in subprocesses: this file is also the
+worker (``python tests/test_headline_configs.py {train.py|eval.py} ARGS...``).
 
 Checks: the checkpoint of the last step exists and moved away from the initial weights;
 the evaluation at the end ran on the fine-tuned weights (its saved text embeddings equal
 an independent forward pass of the checkpoint) over the whole test split, and its gap
-metrics equal a float64 NumPy recomputation from its saved embeddings.
+metrics equal a float64 NumPy recomputation from its saved embeddings. For COCO also
+the rest of the flow the guides give (docs/tpu.md): ``eval.py`` on the run reproduces
+the metrics of the evaluation at the end, and the export ``python -m gmm_jax.convert
+--format run --to hf`` loads in transformers with the checkpoint's features.
 """
 import io
 import json
@@ -79,11 +82,11 @@ def _patch_coco_builder():
     cls.download_and_prepare = lambda self, *a, **k: None
 
 
-def _worker(argv):
+def _worker(script, argv):
     _patch_coco_builder()
-    train_py = os.path.join(ROOT, "train.py")
-    sys.argv = [train_py] + list(argv)
-    runpy.run_path(train_py, run_name="__main__")
+    path = os.path.join(ROOT, script)
+    sys.argv = [path] + list(argv)
+    runpy.run_path(path, run_name="__main__")
 
 
 # --------------------------------------------------------------------------- test side
@@ -131,20 +134,27 @@ def _tiny_converted_model(root):
     return out
 
 
-def _train(config_name, workdir, model_dir, *flags):
+EVAL_FLAGS = ("--config.eval.suites=retrieval,geometry,calibration",
+              "--config.eval.batch_size=8", "--config.eval.progress=False")
+
+
+def _run(script, cwd, *flags):
     # One CPU device; XLA's LLVM optimisation off: compiling dominates these short runs.
     env = dict(os.environ, XLA_FLAGS="--xla_backend_optimization_level=0",
                PYTHONPATH=ROOT, JAX_PLATFORMS="cpu")
-    cmd = [sys.executable, os.path.abspath(__file__),
-           f"--config={os.path.join(ROOT, 'configs', config_name)}", f"--workdir={workdir}",
-           f"--config.init={model_dir}", f"--config.total_steps={STEPS}",
-           "--config.batch_size=4", "--config.checkpoint_every_steps=2",
-           "--config.log_every_steps=1", "--config.progress_bar=False",
-           "--config.eval_at_end=True", "--config.eval.suites=retrieval,geometry,calibration",
-           "--config.eval.batch_size=8", "--config.eval.progress=False", *flags]
-    proc = subprocess.run(cmd, env=env, cwd=str(workdir.parent), capture_output=True,
-                          text=True, timeout=600)
+    proc = subprocess.run([sys.executable, os.path.abspath(__file__), script, *flags],
+                          env=env, cwd=str(cwd), capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-5000:]
+    return proc
+
+
+def _train(config_name, workdir, model_dir, *flags):
+    proc = _run("train.py", workdir.parent,
+                f"--config={os.path.join(ROOT, 'configs', config_name)}",
+                f"--workdir={workdir}", f"--config.init={model_dir}",
+                f"--config.total_steps={STEPS}", "--config.batch_size=4",
+                "--config.checkpoint_every_steps=2", "--config.log_every_steps=1",
+                "--config.progress_bar=False", "--config.eval_at_end=True", *EVAL_FLAGS, *flags)
     assert f"finished at step {STEPS}" in proc.stdout, proc.stdout[-2000:]
     return proc
 
@@ -193,6 +203,34 @@ def _check_run(workdir, model_dir, test_captions, n_test_images):
     for key, value in want.items():
         np.testing.assert_allclose(metrics[key], value, rtol=1e-4, atol=1e-6, err_msg=key)
     assert "calibration/ece" in metrics and 0 <= metrics["calibration/ece"] <= 1
+    return metrics
+
+
+def _check_export(workdir, out):
+    """``convert --format run --to hf``: transformers loads it and computes the
+    checkpoint's text features (an independent implementation of the text tower)."""
+    import torch
+    import transformers
+
+    from gmm_jax import checkpointing, convert
+    from gmm_jax.models import CLIP
+    from gmm_jax.pretrained import load_config
+    assert convert.main(["--src", str(workdir), "--format", "run", "--out", str(out),
+                         "--to", "hf"]) == 0
+    params, _, _ = checkpointing.restore_params(str(workdir))
+    model = CLIP(load_config(str(workdir)))
+    tok = transformers.CLIPTokenizer.from_pretrained(str(out))
+    texts = _captions("test", 0)
+    ids = tok(texts, padding="max_length", max_length=model.config.context_length,
+              truncation=True, return_tensors="np")["input_ids"]
+    ids = np.where(ids == tok.pad_token_id, 0, ids)  # OpenAI pads with 0 after EOT
+    want = np.asarray(model.apply({"params": params}, ids.astype(np.int32),
+                                  method=model.encode_text))
+    hf = transformers.CLIPModel.from_pretrained(str(out)).eval()
+    with torch.no_grad():
+        got = hf.get_text_features(input_ids=torch.from_numpy(ids.astype(np.int64)))
+    got = getattr(got, "pooler_output", got).numpy()
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-4)
 
 
 @pytest.fixture(scope="module")
@@ -203,8 +241,20 @@ def model_dir(tmp_path_factory):
 def test_coco_config_end_to_end(tmp_path, model_dir):
     workdir = tmp_path / "coco_run"
     _train("coco.py", workdir, model_dir, f"--config.data.data_dir={tmp_path / 'tfds'}")
-    _check_run(workdir, model_dir, [_captions("test", i) for i in range(COCO_SPLITS["test"])],
-               COCO_SPLITS["test"])
+    metrics = _check_run(workdir, model_dir,
+                         [_captions("test", i) for i in range(COCO_SPLITS["test"])],
+                         COCO_SPLITS["test"])
+    # eval.py on the run: the same numbers as the evaluation at the end
+    out = tmp_path / "eval_cli"
+    _run("eval.py", tmp_path, f"--config={os.path.join(ROOT, 'configs', 'coco.py')}",
+         f"--workdir={workdir}", f"--out={out}", f"--config.data.data_dir={tmp_path / 'tfds'}",
+         *EVAL_FLAGS)
+    with open(out / "metrics.json") as f:
+        again = json.load(f)
+    assert again.keys() == metrics.keys()
+    for key in metrics:
+        np.testing.assert_allclose(again[key], metrics[key], rtol=1e-4, atol=1e-6, err_msg=key)
+    _check_export(workdir, tmp_path / "exported")
 
 
 def test_flickr30k_config_end_to_end(tmp_path, model_dir):
@@ -218,4 +268,4 @@ def test_flickr30k_config_end_to_end(tmp_path, model_dir):
 
 
 if __name__ == "__main__":
-    _worker(sys.argv[1:])
+    _worker(sys.argv[1], sys.argv[2:])
