@@ -7,10 +7,14 @@
 
 The architecture is read off the tensor shapes (head counts and activation from the
 source's config file where it has one, else OpenAI's conventions: 64-wide heads,
-quick_gelu). CLI (writes a model directory, see ``gmm_jax.pretrained``, or with
-``--to hf`` a Hugging Face directory with the tokenizer files):
+quick_gelu). Hugging Face hub ids and OpenCLIP pretrained tags are fetched through
+``gmm_jax.hub`` (huggingface_hub's cache). CLI (writes a model directory, see
+``gmm_jax.pretrained``, or with ``--to hf`` a Hugging Face directory with the tokenizer
+files):
 
     python -m gmm_jax.convert --src PATH --format {hf,openai,openclip} --out DIR
+    python -m gmm_jax.convert --src openai/clip-vit-base-patch32 --format hf --out DIR
+    python -m gmm_jax.convert --src ViT-B-32:laion2b_s34b_b79k --format openclip --out DIR
     python -m gmm_jax.convert --src RUN_WORKDIR --format run [--step N] --out DIR --to hf
 """
 from __future__ import annotations
@@ -367,30 +371,40 @@ def _bar(enabled: bool, desc: str):
                            unit="tensor")
 
 
-def _tokenizer_for(args, context_length: int):
-    """--tokenizer, else the source's own tokenizer files (vocab.json + merges.txt or
-    tokenizer.json), else OpenAI's vocabulary, saying so on stderr."""
+def source_tokenizer(fmt: str, src: str, context_length: int, tokenizer: Optional[str] = None):
+    """The tokenizer to ship with a conversion: ``tokenizer`` (a path) if given, else the
+    source's own files (vocab.json + merges.txt or tokenizer.json beside it), else
+    OpenAI's vocabulary, saying which on stderr."""
     from gmm_jax.tokenizer import Tokenizer
     from gmm_jax.tokenizer.files import has_hf_tokenizer
-    if args.tokenizer:
-        return Tokenizer.from_path(args.tokenizer, context_length=context_length)
-    src_dir = args.src if os.path.isdir(args.src) else os.path.dirname(args.src) or "."
-    if args.format != "openai" and has_hf_tokenizer(src_dir):
+    if tokenizer:
+        return Tokenizer.from_path(tokenizer, context_length=context_length)
+    src_dir = src if os.path.isdir(src) else os.path.dirname(src) or "."
+    if fmt != "openai" and has_hf_tokenizer(src_dir):
         tok = Tokenizer.from_path(src_dir, context_length=context_length)
         print(f"[gmm_jax.convert] tokenizer: {tok.source} ({tok.vocab_size} tokens)",
               file=sys.stderr)
         return tok
-    why = ("an OpenAI checkpoint" if args.format == "openai" else
+    why = ("an OpenAI checkpoint" if fmt == "openai" else
            f"no tokenizer files (vocab.json + merges.txt, or tokenizer.json) in {src_dir}")
     print(f"[gmm_jax.convert] {why}: using OpenAI's CLIP vocabulary (pass --tokenizer "
           "for another)", file=sys.stderr)
     return Tokenizer.default(context_length=context_length)
 
 
+def load_source(fmt: str, path: str, progress: bool = False, **config_overrides):
+    """``(model, params)`` of a local checkpoint in format ``fmt`` (hf/openai/openclip)."""
+    readers = {"hf": from_hf, "openai": from_openai, "openclip": from_openclip}
+    if fmt not in readers:
+        raise ValueError(f"unknown checkpoint format {fmt!r}; expected one of {list(readers)}")
+    return readers[fmt](path, progress=progress, **config_overrides)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m gmm_jax.convert", description=__doc__.split("\n")[0])
-    ap.add_argument("--src", required=True, help="HF directory, OpenAI .pt, OpenCLIP file "
-                    "or dir, or a training run's workdir (--format run)")
+    ap.add_argument("--src", required=True, help="HF directory or hub id (ORG/NAME), OpenAI "
+                    ".pt, OpenCLIP file or dir or pretrained tag (MODEL:TAG, hf-hub:ORG/NAME), "
+                    "or a training run's workdir (--format run)")
     ap.add_argument("--format", required=True, choices=("hf", "openai", "openclip", "run"))
     ap.add_argument("--step", type=int, help="--format run: checkpoint step (default: latest)")
     ap.add_argument("--out", required=True, help="directory to write")
@@ -404,12 +418,23 @@ def main(argv=None) -> int:
     ap.add_argument("--vision-heads", type=int, help="default: from the config, else width // 64")
     ap.add_argument("--text-heads", type=int, help="default: from the config, else width // 64")
     args = ap.parse_args(argv)
-    from gmm_jax.pretrained import save_pretrained
-
     kw = {k: v for k, v in (("act", args.act), ("vision_heads", args.vision_heads),
                             ("text_heads", args.text_heads)) if v is not None}
     if args.step is not None and args.format != "run":
         ap.error("--step applies to --format run only")
+    if args.format in ("hf", "openclip") and not os.path.exists(args.src):
+        from gmm_jax import hub  # a hub id / OpenCLIP tag: through huggingface_hub's cache
+        if hub.hub_format(args.src):
+            try:
+                fetched = hub.fetch(args.src, args.format)
+            except hub.HubError as e:
+                print(f"{ap.prog}: error: {e}", file=sys.stderr)  # one line, no usage
+                return 2
+            print(f"[gmm_jax.convert] {args.src}: {fetched.path}", file=sys.stderr)
+            args.src = fetched.path
+            if args.format == "openclip":
+                kw = {**fetched.options, **kw}  # --act still wins over the table
+    from gmm_jax.pretrained import save_pretrained  # after the hub: its errors come fast
     tok = None
     if args.format == "run":
         if kw:
@@ -425,12 +450,11 @@ def main(argv=None) -> int:
             ap.error("--act/--vision-heads/--text-heads apply to openai/openclip only "
                      "(HF config.json states them)")
         model, params = from_hf(args.src, progress=True)
-    elif args.format == "openai":
-        model, params = from_openai(args.src, progress=True, **kw)
     else:
-        model, params = from_openclip(args.src, progress=True, **kw)
+        model, params = load_source(args.format, args.src, progress=True, **kw)
     if tok is None or args.tokenizer:
-        tok = _tokenizer_for(args, model.config.context_length)
+        tok = source_tokenizer(args.format, args.src, model.config.context_length,
+                               args.tokenizer)
     if tok.vocab_size > model.config.vocab_size:
         raise ValueError(f"tokenizer has {tok.vocab_size} tokens but the model's embedding "
                          f"table only {model.config.vocab_size}")

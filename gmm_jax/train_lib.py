@@ -128,11 +128,13 @@ def build_model_and_tokenizer(config, workdir: str, load_params: bool = True):
         tok = Tokenizer.from_path(tok_dir, context_length=mcfg.context_length)
         return CLIP(mcfg), None, tok
     if config.init:
-        if os.path.isdir(os.path.join(config.init, checkpointing.CHECKPOINT_DIR)):
-            model, params, tok, _ = load_checkpoint(config.init)  # a training run's workdir
+        from gmm_jax import hub  # a hub name -> its converted directory; paths unchanged
+        init = hub.resolve_model_dir(config.init)
+        if os.path.isdir(os.path.join(init, checkpointing.CHECKPOINT_DIR)):
+            model, params, tok, _ = load_checkpoint(init)  # a training run's workdir
             model = CLIP(model.config.replace(**run_cfg))
         else:
-            model, params, tok = pretrained.load_pretrained(config.init, **run_cfg)
+            model, params, tok = pretrained.load_pretrained(init, **run_cfg)
         mcfg = model.config
         if config.tokenizer:
             tok = Tokenizer.from_path(config.tokenizer, context_length=mcfg.context_length)
