@@ -71,15 +71,35 @@ def _directory(workdir: str) -> str:
     return os.path.join(os.path.abspath(workdir), CHECKPOINT_DIR)
 
 
+class _quiet:
+    """Orbax warns (through absl) about each saved item left out of a restore, for host
+    NumPy arrays about the saved sharding, and about read-only managers: all expected."""
+
+    def __enter__(self):
+        self._log = logging.getLogger("absl")
+        self._level = self._log.level
+        self._log.setLevel(logging.ERROR)
+        self._warnings = warnings.catch_warnings()
+        self._warnings.__enter__()
+        warnings.filterwarnings("ignore", message="Sharding info not provided")
+        return self
+
+    def __exit__(self, *exc):
+        self._warnings.__exit__(*exc)
+        self._log.setLevel(self._level)
+        return False
+
+
 def _reader(directory: str) -> ocp.CheckpointManager:
     """A manager that only reads: creates nothing, deletes nothing (a workdir that is
     only being inspected, or refused, is left exactly as it was)."""
-    options = ocp.CheckpointManagerOptions(create=False, read_only=True,
+    options = ocp.CheckpointManagerOptions(create=False, read_only=True, save_interval_steps=0,
                                            cleanup_tmp_directories=False)
     # Handlers named up front so that item_metadata can read the saved tree.
     handlers = {"state": ocp.PyTreeCheckpointHandler(), "data": ocp.JsonCheckpointHandler(),
                 "config": ocp.JsonCheckpointHandler()}
-    return ocp.CheckpointManager(directory, options=options, item_handlers=handlers)
+    with _quiet():  # read_only's own notices ("setting save_interval_steps=0", ...)
+        return ocp.CheckpointManager(directory, options=options, item_handlers=handlers)
 
 
 def finished_steps(workdir: str) -> list[int]:
@@ -99,30 +119,11 @@ def saved_config(workdir: str, step: int) -> dict:
     """The run config saved with checkpoint ``step`` (``{}`` when it has none)."""
     mngr = _reader(_directory(workdir))
     try:
-        with _quiet_restore():
+        with _quiet():
             out = mngr.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))
         return dict(out.config or {})
     finally:
         mngr.close()
-
-
-class _quiet_restore:
-    """Orbax warns (through absl) about each saved item left out of a restore and, for
-    host NumPy arrays, about the saved sharding: both expected here."""
-
-    def __enter__(self):
-        self._log = logging.getLogger("absl")
-        self._level = self._log.level
-        self._log.setLevel(logging.ERROR)
-        self._warnings = warnings.catch_warnings()
-        self._warnings.__enter__()
-        warnings.filterwarnings("ignore", message="Sharding info not provided")
-        return self
-
-    def __exit__(self, *exc):
-        self._warnings.__exit__(*exc)
-        self._log.setLevel(self._level)
-        return False
 
 
 def restore_params(workdir: str, step: Optional[int] = None) -> tuple[Any, int, dict]:
@@ -144,7 +145,7 @@ def restore_params(workdir: str, step: Optional[int] = None) -> tuple[Any, int, 
             step = steps[-1]
         elif step not in steps:
             raise ValueError(f"{directory}: no checkpoint for step {step}; saved steps: {steps}")
-        with _quiet_restore():
+        with _quiet():
             meta = mngr.item_metadata(step)["state"]
             tree = meta.tree if hasattr(meta, "tree") else meta
             if "params" not in tree:
