@@ -75,7 +75,8 @@ def validate_config(config, reference=None) -> None:
         raise ValueError(
             "config.init is not set, and this config fine-tunes a pretrained CLIP "
             "(config.allow_from_scratch=False): convert a checkpoint first, e.g. "
-            "`python -m gmm_jax.convert --src /models/clip-vit-base-patch32 --format hf --out /models/b32` "
+            "`python -m gmm_jax.convert --src /models/clip-vit-base-patch32 --format hf "
+            "--out /models/b32` "
             "(see docs/models.md), and pass --config.init=/models/b32; or set "
             "--config.allow_from_scratch=true to train from scratch on purpose")
     if config.init and any(config.model.get(f) is not None for f in MODEL_FIELDS):
@@ -103,9 +104,9 @@ def check_paths(config) -> None:
 # are, compute dtype, evaluation. Anything else would mix two runs in one workdir.
 RESUME_MAY_CHANGE = ("total_steps", "num_epochs", "checkpoint_every_steps", "max_to_keep",
                      "async_checkpointing", "log_every_steps", "progress_bar",
-                     "eval_every_steps", "eval_at_end", "eval.", "data.data_dir",
-                     "data.manual_dir", "data.files_path", "data.images_dir", "mesh.",
-                     "distributed", "loss_impl", "model.dtype", "model.remat",
+                     "eval_every_steps", "eval_at_end", "eval.", "data.eval_split",
+                     "data.data_dir", "data.manual_dir", "data.files_path", "data.images_dir",
+                     "mesh.", "distributed", "loss_impl", "model.dtype", "model.remat",
                      "allow_from_scratch")
 
 
@@ -123,13 +124,17 @@ def check_resumable(saved: dict, config, workdir: str, step: int) -> list[str]:
     """Refuse (ValueError naming each key with both values) to resume a run whose saved
     config differs from ``config`` outside ``RESUME_MAY_CHANGE``; returns the allowed
     keys that changed. Keys the saved config lacks (added in a later version) count as
-    their defaults."""
+    their defaults; a checkpoint saved without a config is not checked."""
+    if not saved:
+        return []
     old = _flat_json(saved)
     new = _flat_json(json.loads(config_to_json(config)))
     defaults = _flat_json(json.loads(config_to_json(default_config())))
     bad, allowed = [], []
     for k in sorted(new):
-        before = old.get(k, defaults.get(k)) if k in old or k in defaults else new[k]
+        if k not in old and k not in defaults:
+            continue
+        before = old[k] if k in old else defaults[k]
         if before == new[k]:
             continue
         if any(k == p or (p.endswith(".") and k.startswith(p)) for p in RESUME_MAY_CHANGE):

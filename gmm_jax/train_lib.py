@@ -104,21 +104,18 @@ def load_checkpoint(workdir: str, step: Optional[int] = None):
 # --------------------------------------------------------------------------- logging
 
 def _write_scalars(writer, step: int, scalars: dict) -> None:
-    """TensorBoard scalar events through ``tf.summary.write`` with the scalars plugin's
-    metadata (what ``tf.summary.scalar`` writes, without needing the tensorboard wheel)."""
+    """TensorBoard scalar events through ``tf.summary.scalar`` (the tensorboard wheel
+    provides its implementation)."""
     import tensorflow as tf
-    from tensorflow.core.framework import summary_pb2
-    meta = summary_pb2.SummaryMetadata(
-        plugin_data=summary_pb2.SummaryMetadata.PluginData(plugin_name="scalars"),
-        data_class=summary_pb2.DATA_CLASS_SCALAR)
     with writer.as_default(step=step):
         for k, v in scalars.items():
-            tf.summary.write(k, tf.constant(v, tf.float32), metadata=meta)
+            tf.summary.scalar(k, v)
     writer.flush()
 
 
 class _Logger:
-    """TensorBoard scalars (process 0) + a tqdm bar with images/s and ETA."""
+    """TensorBoard scalars + a tqdm bar with images/s and ETA (process 0 only: the
+    others are built with ``enabled=False``)."""
 
     def __init__(self, workdir, total, start, batch_size, enabled, bar):
         self.writer, self.bar = None, None

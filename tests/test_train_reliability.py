@@ -142,8 +142,8 @@ def test_sigterm_before_the_first_checkpoint_says_stopped_resumable(tmp_path, da
 
 
 def test_the_epoch_reaches_the_step(tmp_path, data_dir):
-    """Through the real loop: w_e = 1/(epoch+1) changes at the epoch boundary (the demo's
-    small target_train split has 400 pairs: 6 steps of 64 per epoch)."""
+    """Through the real loop: the logged w_e = 1/(epoch+1) changes at the epoch boundary
+    (the small demo's target_train split holds a few hundred pairs: a few steps of 64)."""
     import tensorflow as tf
     _ok(_worker(tmp_path, data_dir, "batch_size=64", "total_steps=8", "log_every_steps=1",
                 "checkpoint_every_steps=8", 'loss.mix_schedule="inverse_epoch"'))
@@ -154,10 +154,11 @@ def test_the_epoch_reaches_the_step(tmp_path, data_dir):
             for value in event.summary.value:
                 if value.tag == "mix_weight":
                     got[event.step] = float(tf.make_ndarray(value.tensor))
-    from gmm_jax.data import demo
-    n = demo.get_builder("small").split_size("target_train") if hasattr(
-        demo, "get_builder") else 400
-    per_epoch = n // 64
+    from gmm_jax.configs import tiny
+    from gmm_jax.data import get_source
+    cfg = tiny.get_config().data
+    cfg.data_dir = str(data_dir)
+    per_epoch = get_source(cfg).num_examples("target_train") // 64
     assert per_epoch < 8, per_epoch  # the run crosses a boundary
     want = {s: 1.0 / ((s - 1) // per_epoch + 1) for s in range(1, 9)}
     assert got == pytest.approx(want)
