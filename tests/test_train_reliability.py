@@ -2,7 +2,6 @@
 poisons its workdir or hangs; a workdir holding another config's run is refused with
 the difference named; a non-finite loss stops the run and keeps the last good
 checkpoint. Each run is a subprocess with a timeout (a hang fails the test)."""
-import json
 import os
 import subprocess
 import sys
@@ -106,18 +105,42 @@ def test_a_raising_run_exits_with_its_checkpoints_complete(tmp_path, data_dir):
     assert checkpointing.finished_steps(str(tmp_path)) == [3]
 
 
+def _scalars(workdir, tag):
+    import tensorflow as tf
+    got = {}
+    events = workdir / "tensorboard"
+    for name in os.listdir(events):
+        for event in tf.compat.v1.train.summary_iterator(str(events / name)):
+            for value in event.summary.value:
+                if value.tag == tag:
+                    got[event.step] = float(tf.make_ndarray(value.tensor))
+    return got
+
+
 def test_a_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, data_dir):
-    """NaN images at step 5: the error names step 5; step 6 (due for saving) is not
-    saved; with max_to_keep=1 the kept checkpoint is step 4 and restores finite."""
-    proc = _worker(tmp_path, data_dir, "--nan-at", "5", "total_steps=8",
-                   "checkpoint_every_steps=2", "log_every_steps=4", "max_to_keep=1")
+    """NaN images at step 9 (logs every 4 steps, saves every 2): the error names step 9;
+    step 10 (due for saving) is not saved; with max_to_keep=1 the kept checkpoint is
+    step 8 and restores finite. The same run checks that the epoch reaches the step:
+    the logged w_e = 1/(epoch+1) is 1 at step 4 and 1/2 at step 8 (batches of 64 from
+    the small demo's target_train split: fewer than 8 steps per epoch)."""
+    from gmm_jax.configs import tiny
+    from gmm_jax.data import get_source
+    cfg = tiny.get_config().data
+    cfg.data_dir = str(data_dir)
+    per_epoch = get_source(cfg).num_examples("target_train") // 64
+    assert 4 <= per_epoch < 8, per_epoch
+    proc = _worker(tmp_path, data_dir, "--nan-at", "9", "batch_size=64", "total_steps=12",
+                   "checkpoint_every_steps=2", "log_every_steps=4", "max_to_keep=1",
+                   'loss.mix_schedule="inverse_epoch"')
     assert proc.returncode == 1, proc.stderr[-3000:]
-    assert "NonFiniteError" in proc.stderr and "at step 5" in proc.stderr
-    assert "the last good checkpoint is step 4" in proc.stderr
-    assert checkpointing.finished_steps(str(tmp_path)) == [4]
+    assert "NonFiniteError" in proc.stderr and "at step 9" in proc.stderr
+    assert "the last good checkpoint is step 8" in proc.stderr
+    assert checkpointing.finished_steps(str(tmp_path)) == [8]
     params, step, _ = checkpointing.restore_params(str(tmp_path))
-    assert step == 4
+    assert step == 8
     assert all(np.all(np.isfinite(v)) for v in flat_leaves(params).values())
+    assert _scalars(tmp_path, "mix_weight") == pytest.approx({4: 1.0, 8: 0.5})
+    assert all(v > 0 for v in _scalars(tmp_path, "step_time_s").values())
 
 
 def test_sigterm_before_the_first_checkpoint_says_stopped_resumable(tmp_path, data_dir):
@@ -139,28 +162,3 @@ def test_sigterm_before_the_first_checkpoint_says_stopped_resumable(tmp_path, da
     assert proc.returncode == 0, err[-3000:]
     assert "stopped at step 1" in out and "resumable" in out and "finished" not in out
     assert checkpointing.finished_steps(str(tmp_path)) == [1]
-
-
-def test_the_epoch_reaches_the_step(tmp_path, data_dir):
-    """Through the real loop: the logged w_e = 1/(epoch+1) changes at the epoch boundary
-    (the small demo's target_train split holds a few hundred pairs: a few steps of 64)."""
-    import tensorflow as tf
-    _ok(_worker(tmp_path, data_dir, "batch_size=64", "total_steps=8", "log_every_steps=1",
-                "checkpoint_every_steps=8", 'loss.mix_schedule="inverse_epoch"'))
-    got = {}
-    events = tmp_path / "tensorboard"
-    for name in os.listdir(events):
-        for event in tf.compat.v1.train.summary_iterator(str(events / name)):
-            for value in event.summary.value:
-                if value.tag == "mix_weight":
-                    got[event.step] = float(tf.make_ndarray(value.tensor))
-    from gmm_jax.configs import tiny
-    from gmm_jax.data import get_source
-    cfg = tiny.get_config().data
-    cfg.data_dir = str(data_dir)
-    per_epoch = get_source(cfg).num_examples("target_train") // 64
-    assert per_epoch < 8, per_epoch  # the run crosses a boundary
-    want = {s: 1.0 / ((s - 1) // per_epoch + 1) for s in range(1, 9)}
-    assert got == pytest.approx(want)
-    with open(tmp_path / "train_metrics.json") as f:
-        assert json.load(f)["step_time_s"] > 0
