@@ -262,15 +262,21 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     if config.batch_size % n_batch:
         raise ValueError(f"config.batch_size={config.batch_size} is not divisible by the "
                          f"{n_batch} data-parallel devices of the mesh {dict(mesh.shape)}")
+    created = not os.path.exists(workdir)
     os.makedirs(workdir, exist_ok=True)
     sigterm = _SigtermFlag()
-    ckpt = None
+    ckpt, failed = None, True
     try:  # every exit closes the checkpointer (its async threads) and the handler
         ckpt = checkpointing.TrainCheckpointer(workdir, int(config.max_to_keep),
                                                bool(config.async_checkpointing))
-        return _train(config, workdir, latest, mesh, ckpt, sigterm, lead)
+        out = _train(config, workdir, latest, mesh, ckpt, sigterm, lead)
+        failed = False
+        return out
     finally:
         _close_all(*(f for f in (ckpt and ckpt.close, sigterm.restore) if f))
+        if failed and created and lead and not checkpointing.finished_steps(workdir):
+            import shutil  # a start that failed before any checkpoint leaves nothing behind
+            shutil.rmtree(workdir, ignore_errors=True)
 
 
 def _train(config, workdir, latest, mesh, ckpt, sigterm, lead):

@@ -74,6 +74,7 @@ def test_a_data_error_is_one_line_and_the_traceback_is_on_request(tmp_path):
              f"--config.data.files_path={bad}", f"--config.data.images_dir={tmp_path}")
     lines = _error_line(_run(*flags))
     assert f"{bad}:2" in lines[-1] and "invalid JSON" in lines[-1]
+    assert not (tmp_path / "run").exists()  # a failed first start leaves no workdir
     verbose = _run(*flags, env={"GMM_TRACEBACK": "1"})
     assert verbose.returncode != 0 and "Traceback" in verbose.stderr
     assert f"{bad}:2" in verbose.stderr
