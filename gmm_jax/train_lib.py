@@ -20,6 +20,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+import optax
 
 from gmm_jax import checkpointing, cli, losses, optim, train_state as ts
 from gmm_jax.run_config import (  # noqa: F401 - re-exported: train_lib's public names
@@ -178,6 +179,9 @@ def _track_finite(ok, first_bad, metrics, step):
     now = jnp.isfinite(metrics["loss/total"]) & jnp.isfinite(metrics["grad_norm"])
     first_bad = jnp.where(ok & ~now, step, first_bad)
     return ok & now, first_bad
+
+
+_global_norm = jax.jit(optax.global_norm)
 
 
 @jax.jit
@@ -352,6 +356,8 @@ def _train(config, workdir, latest, mesh, ckpt, sigterm, lead):
             save_now = step % int(config.checkpoint_every_steps) == 0 or step == total or stopping
             if log_now or save_now:
                 check_finite(state, step)
+            if log_now:  # grad_norm is the gradients' l2 norm; the params' at log steps
+                metrics = {**metrics, "l2_params": _global_norm(state["params"])}
             logged = logger.step(step, jax.device_get(metrics) if log_now else None)
             last_metrics = logged or last_metrics
             if save_now:

@@ -141,6 +141,7 @@ def test_a_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, data_dir)
     assert all(np.all(np.isfinite(v)) for v in flat_leaves(params).values())
     assert _scalars(tmp_path, "mix_weight") == pytest.approx({4: 1.0, 8: 0.5})
     assert all(v > 0 for v in _scalars(tmp_path, "step_time_s").values())
+    assert all(np.isfinite(v) and v > 0 for v in _scalars(tmp_path, "l2_params").values())
 
 
 def test_sigterm_before_the_first_checkpoint_says_stopped_resumable(tmp_path, data_dir):
