@@ -9,6 +9,9 @@ Each step directory holds three items:
 Orbax writes a step into a temporary directory and renames it when complete, so a
 process killed mid-save leaves the previous steps intact; ``latest_step`` only sees
 finalised steps and leftover temporaries are removed on the next start.
+
+Loading a finished run (evaluation, export, the demo) is ``load_run``: it depends on
+checkpoints only, not on the trainer, and reads just the parameters.
 """
 from __future__ import annotations
 
