@@ -23,13 +23,13 @@ def _env():
                 PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
 
 
-def _worker(workdir, data_dir, *args, timeout=300):
+def _worker(workdir, data_dir, *args, timeout=600):
     return subprocess.run([sys.executable, os.path.join(HERE, "train_worker.py"),
                            str(workdir), str(data_dir), *args], env=_env(),
                           capture_output=True, text=True, timeout=timeout)
 
 
-def _train_py(workdir, data_dir, *flags, timeout=300):
+def _train_py(workdir, data_dir, *flags, timeout=600):
     return subprocess.run([sys.executable, os.path.join(ROOT, "train.py"),
                            "--config=" + os.path.join(ROOT, "configs", "tiny.py"),
                            f"--workdir={workdir}", f"--config.data.data_dir={data_dir}",
@@ -48,7 +48,14 @@ def _last_line(text):
 
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory):
-    return tmp_path_factory.mktemp("tfds")
+    """The small demo set, generated here once (not inside a timed subprocess)."""
+    from gmm_jax.configs import tiny
+    from gmm_jax.data import get_source
+    path = tmp_path_factory.mktemp("tfds")
+    cfg = tiny.get_config().data
+    cfg.data_dir = str(path)
+    get_source(cfg)
+    return path
 
 
 @pytest.fixture(scope="module")
@@ -156,7 +163,7 @@ def test_sigterm_before_the_first_checkpoint_says_stopped_resumable(tmp_path, da
             if "fresh run" in line:
                 proc.send_signal(15)
                 break
-        out, err = proc.communicate(timeout=300)
+        out, err = proc.communicate(timeout=600)
     finally:
         if proc.poll() is None:
             proc.kill()
