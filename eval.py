@@ -79,9 +79,9 @@ def _load_model():
     workdir = _WORKDIR.value
     if not os.path.isdir(workdir):
         _fail(f"--workdir {workdir!r} does not exist")
-    from gmm_jax import train_lib
+    from gmm_jax import checkpointing
     try:
-        model, params, tok, step = train_lib.load_checkpoint(workdir, step=_STEP.value)
+        model, params, tok, step, _ = checkpointing.load_run(workdir, step=_STEP.value)
     except (FileNotFoundError, ValueError) as e:  # no checkpoint / no such step
         _fail(f"--workdir {workdir!r}: {e}")
     sub = "eval" if _STEP.value is None else f"eval_step_{step}"

@@ -439,9 +439,9 @@ def main(argv=None) -> int:
     if args.format == "run":
         if kw:
             ap.error("--act/--vision-heads/--text-heads do not apply to --format run")
-        from gmm_jax import train_lib  # logit_scale comes back as OpenAI's log(scale)
+        from gmm_jax import checkpointing  # logit_scale comes back as OpenAI's log(scale)
         try:
-            model, params, tok, step = train_lib.load_checkpoint(args.src, step=args.step)
+            model, params, tok, step, _ = checkpointing.load_run(args.src, step=args.step)
         except (FileNotFoundError, ValueError) as e:
             ap.error(f"--src {args.src!r}: {e}")
         print(f"[gmm_jax.convert] {args.src}: checkpoint of step {step}", file=sys.stderr)

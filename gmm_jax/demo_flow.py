@@ -250,11 +250,11 @@ def export_model(stage_dir: str, marker: dict) -> tuple[str, float]:
     """Write the finished run's params (its stage ``marker``) as a model directory (what
     ``config.init`` names), unless already exported; returns ``(model_dir, tau)`` with
     tau the model's 1/exp(logit_scale)."""
-    from gmm_jax import pretrained, train_lib
+    from gmm_jax import checkpointing, pretrained
     model_dir = os.path.join(stage_dir, MODEL_DIR)
     info = _read_json(os.path.join(model_dir, "demo_export.json"))
     if info is None or info.get("step") != marker["step"]:
-        model, params, tok, step = train_lib.load_checkpoint(stage_dir)
+        model, params, tok, step, _ = checkpointing.load_run(stage_dir)
         pretrained.save_pretrained(model_dir, model.config, params, tok)
         info = {"step": step, "logit_scale": float(np.asarray(params["logit_scale"]))}
         _write_json(os.path.join(model_dir, "demo_export.json"), info)
@@ -265,7 +265,7 @@ def evaluate_stage(ecfg, stage_dir: str, marker: dict, mesh, title: str) -> str:
     """Evaluate the finished run in ``stage_dir`` (its stage ``marker``) into
     ``stage_dir/eval``; reused when ``demo_eval.json`` records the same training config,
     checkpoint and eval settings."""
-    from gmm_jax import eval_lib, train_lib
+    from gmm_jax import checkpointing, eval_lib
     out = os.path.join(stage_dir, "eval")
     fp = {"stage": hashlib.sha256(marker["fingerprint"].encode()).hexdigest()[:16],
           "step": marker["step"], "eval": json.loads(ecfg.eval.to_json_best_effort(sort_keys=True)),
@@ -275,7 +275,7 @@ def evaluate_stage(ecfg, stage_dir: str, marker: dict, mesh, title: str) -> str:
     if (_read_json(os.path.join(out, EVAL_MARKER)) == fp
             and os.path.exists(os.path.join(out, "metrics.json"))):
         return out
-    model, params, tok, _ = train_lib.load_checkpoint(stage_dir)
+    model, params, tok, _, _ = checkpointing.load_run(stage_dir)
     eval_lib.evaluate(model, params, tok, ecfg, out, mesh=mesh, title=title)
     _write_json(os.path.join(out, EVAL_MARKER), fp)
     return out

@@ -178,7 +178,7 @@ def model_dims(model) -> tuple[int, int]:
 
 def model_scale(params) -> float:
     """The model's own contrastive multiplier ``exp(params['logit_scale'])`` (OpenAI
-    layout: ``train_lib.load_checkpoint`` converts reparameterised runs to it)."""
+    layout: ``checkpointing.load_run`` converts reparameterised runs to it)."""
     if "logit_scale" not in params:
         raise EvalError("params have no 'logit_scale'; pass scale= or set "
                         "config.eval.calibration.scale")

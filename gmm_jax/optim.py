@@ -74,9 +74,11 @@ def make_optimizer(config, total_steps: int):
         return optax.adamw(lr, b1=float(o.b1), b2=float(o.b2), eps=float(o.eps),
                            weight_decay=float(o.weight_decay), mask=mask)
 
+    masked = bool(o.get("decay_mask", True))  # False: torch AdamW (decay everything)
     tx = optax.multi_transform(
-        {"default": adamw(sched, decay_mask),
-         "temp": adamw(lambda c: sched(c) * mult, lambda p: jax.tree.map(lambda _: False, p)),
+        {"default": adamw(sched, decay_mask if masked else None),
+         "temp": adamw(lambda c: sched(c) * mult,
+                       lambda p: jax.tree.map(lambda _: not masked, p)),
          "frozen": optax.set_to_zero()},
         lambda p: param_labels(p, config.loss.temperature))
     if float(o.grad_clip) > 0:

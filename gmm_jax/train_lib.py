@@ -1,8 +1,9 @@
-"""Training: ``train_and_evaluate(config, workdir)`` and ``load_checkpoint`` for eval.py.
+"""Training: ``train_and_evaluate(config, workdir)``.
 
-One readable function (big_vision / Flax-examples style). The pieces: model, tokenizer
-and config validation here; state, mesh and the jitted step in ``train_state``; the
-optimiser in ``optim``; checkpoints in ``checkpointing``; the local loss in
+One readable function (big_vision / Flax-examples style). The pieces: model and
+tokenizer here; config validation and resume checks in ``run_config``; state, mesh and
+the jitted step in ``train_state``; the optimiser in ``optim``; checkpoints and run
+loading (``checkpointing.load_run``) in ``checkpointing``; the local loss in
 ``distributed_loss``. See docs/training.md.
 """
 from __future__ import annotations
@@ -19,81 +20,15 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+import optax
 
-from gmm_jax import checkpointing, losses, optim, train_state as ts
+from gmm_jax import checkpointing, cli, losses, optim, train_state as ts
+from gmm_jax.run_config import (  # noqa: F401 - re-exported: train_lib's public names
+    CHOICES, MODEL_FIELDS, RESUME_MAY_CHANGE, check_paths, check_resumable, config_to_json,
+    default_config, validate_config)
 from gmm_jax.models import CLIP, init_params, presets
 
 log = logging.getLogger(__name__)
-
-MODEL_FIELDS = ("embed_dim", "act", "image_size", "patch_size", "vision_width",
-                "vision_layers", "vision_heads", "vision_mlp_dim", "vocab_size",
-                "context_length", "text_width", "text_layers", "text_heads", "text_mlp_dim",
-                "logit_scale_init")
-CHOICES = {
-    "loss.method": losses.METHODS, "loss.mix_schedule": losses.MIX_SCHEDULES,
-    "loss.mix_form": losses.MIX_FORMS, "loss.swap": losses.SWAPS,
-    "loss.temperature": ts.TEMPERATURES, "loss_impl": ("global", "local"),
-    "model.dtype": ("float32", "bfloat16"), "optim.name": ("adamw",),
-    "optim.schedule": ("cosine", "constant"),
-    "data.name": ("coco", "flickr30k", "image_text_files", "demo", "class_captions"),
-    "data.caption_mode": ("first", "random"),
-}
-
-
-# --------------------------------------------------------------------------- config
-
-def default_config() -> ml_collections.ConfigDict:
-    """Every knob with its default: ``gmm_jax/configs/default.py``'s ``get_config()``."""
-    from gmm_jax.configs import default
-    return default.get_config()
-
-
-def _flatten(cfg, prefix=""):
-    out = {}
-    for k, v in cfg.items():
-        if isinstance(v, (ml_collections.ConfigDict, dict)) and not k.endswith("demo_config"):
-            out.update(_flatten(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
-
-
-def validate_config(config, reference=None) -> None:
-    """Raise ``ValueError`` naming the key: unknown keys and wrong types (against
-    ``reference``, default ``gmm_jax/configs/default.py``), bad enum values, bad sizes."""
-    reference = default_config() if reference is None else reference
-    flat = _flatten(config)
-    ref = _flatten(reference)
-    unknown = sorted(k for k in flat if k not in ref and not k.startswith("eval."))
-    if unknown:
-        raise ValueError(f"unknown config key(s) {unknown} (not in gmm_jax/configs/default.py)")
-    for k, v in flat.items():
-        r = ref.get(k)
-        if r is None or v is None or k.startswith("eval.") or k == "data.demo_config":
-            continue
-        ok = isinstance(v, type(r)) or (isinstance(r, float) and isinstance(v, int)
-                                       and not isinstance(v, bool))
-        if isinstance(r, (tuple, list)):
-            ok = isinstance(v, (tuple, list))
-        if not ok:
-            raise ValueError(f"config.{k}={v!r}: expected {type(r).__name__}, "
-                             f"got {type(v).__name__}")
-    for k, choices in CHOICES.items():
-        if k in flat and flat[k] not in choices:
-            raise ValueError(f"config.{k}={flat[k]!r}; expected one of {list(choices)}")
-    for k in ("batch_size", "log_every_steps", "checkpoint_every_steps"):
-        if int(flat[k]) <= 0:
-            raise ValueError(f"config.{k}={flat[k]} must be > 0")
-    if config.loss.temperature == "fixed" and float(config.loss.tau) <= 0:
-        raise ValueError(f"config.loss.tau={config.loss.tau} must be > 0")
-    if config.init and any(config.model.get(f) is not None for f in MODEL_FIELDS):
-        set_ = [f for f in MODEL_FIELDS if config.model.get(f) is not None]
-        raise ValueError(f"config.model.{set_[0]} is set but config.init={config.init!r} fixes "
-                         "the architecture (only model.dtype / model.remat apply)")
-
-
-def config_to_json(config) -> str:
-    return config.to_json_best_effort(indent=2, sort_keys=True)
 
 
 # --------------------------------------------------------------------------- model + tokenizer
@@ -115,23 +50,28 @@ def _train_tokenizer(config, vocab_size: int, context_length: int):
 
 
 def build_model_and_tokenizer(config, workdir: str, load_params: bool = True):
-    """``(model, params or None, tokenizer)``. Resumed runs reuse the workdir's
-    ``model_config.json`` and ``tokenizer/``; otherwise ``config.init`` (a converted
-    model directory, or another run's workdir: its latest checkpoint) or
-    ``config.model.preset`` + overrides, from scratch."""
+    """``(model, params or None, tokenizer)``. A run with a finished checkpoint in
+    ``workdir`` reuses the workdir's ``model_config.json`` and ``tokenizer/`` (params
+    None: they come from the checkpoint); otherwise, whatever half-written files the
+    workdir holds, ``config.init`` (a converted model directory, or another run's
+    workdir: its latest checkpoint) or ``config.model.preset`` + overrides, from
+    scratch."""
     from gmm_jax import pretrained
     from gmm_jax.tokenizer import Tokenizer
     run_cfg = {"dtype": config.model.dtype, "remat": bool(config.model.remat)}
-    tok_dir = os.path.join(workdir, pretrained.TOKENIZER_DIR)
-    if os.path.exists(os.path.join(workdir, pretrained.CONFIG_FILE)):  # resuming
+    if checkpointing.finished_steps(workdir):  # resuming
         mcfg = pretrained.load_config(workdir).replace(**run_cfg)
+        tok_dir = os.path.join(workdir, pretrained.TOKENIZER_DIR)
+        if not os.path.isdir(tok_dir):
+            raise FileNotFoundError(f"{workdir}: has checkpoints but no "
+                                    f"{pretrained.TOKENIZER_DIR}/ directory")
         tok = Tokenizer.from_path(tok_dir, context_length=mcfg.context_length)
         return CLIP(mcfg), None, tok
     if config.init:
         from gmm_jax import hub  # a hub name -> its converted directory; paths unchanged
         init = hub.resolve_model_dir(config.init)
         if os.path.isdir(os.path.join(init, checkpointing.CHECKPOINT_DIR)):
-            model, params, tok, _ = load_checkpoint(init)  # a training run's workdir
+            model, params, tok, _, _ = checkpointing.load_run(init)  # a run's workdir
             model = CLIP(model.config.replace(**run_cfg))
         else:
             model, params, tok = pretrained.load_pretrained(init, **run_cfg)
@@ -159,54 +99,26 @@ def build_model_and_tokenizer(config, workdir: str, load_params: bool = True):
 
 
 def load_checkpoint(workdir: str, step: Optional[int] = None):
-    """``(model, params, tokenizer, step)`` of a training run (latest step by default).
-
-    ``params["logit_scale"]`` is OpenAI's ``log(scale)`` whatever the run's
-    ``loss.temperature`` (``softplus``/``exp`` runs train ``nu`` in that slot; it is
-    converted here), so eval, ``save_pretrained`` and ``to_hf`` need nothing else.
-    Raises FileNotFoundError / ValueError naming what is missing."""
-    from gmm_jax import pretrained
-    from gmm_jax.tokenizer import Tokenizer
-    params, step, run_config = checkpointing.restore_params(workdir, step)  # names a non-run
-    mcfg = pretrained.load_config(workdir)
-    tok_dir = os.path.join(workdir, pretrained.TOKENIZER_DIR)
-    if not os.path.isdir(tok_dir):
-        raise FileNotFoundError(f"{workdir}: no {pretrained.TOKENIZER_DIR}/ directory")
-    tok = Tokenizer.from_path(tok_dir, context_length=mcfg.context_length)
-    params = _openai_logit_scale(params, run_config.get("loss", {}))
-    return CLIP(mcfg), jax.tree.map(jnp.asarray, params), tok, step
-
-
-def _openai_logit_scale(params, loss_cfg) -> Any:
-    """``params`` with a ``softplus``/``exp`` run's ``nu`` in ``logit_scale`` replaced by
-    ``log(scale_from_param(nu))``; other runs' params are returned as they are."""
-    mode = loss_cfg.get("temperature")
-    if mode not in ("softplus", "exp") or "logit_scale" not in params:
-        return params
-    nu = np.asarray(params["logit_scale"])
-    s = float(loss_cfg.get("temp_exp_s") or 1.0)
-    log_scale = np.log(np.asarray(losses.scale_from_param(mode, nu, s), np.float64))
-    return {**params, "logit_scale": log_scale.astype(nu.dtype)}
+    """``(model, params, tokenizer, step)``: ``checkpointing.load_run`` without the run
+    config (kept for callers of the old name; new code calls ``load_run``)."""
+    return checkpointing.load_run(workdir, step)[:4]
 
 
 # --------------------------------------------------------------------------- logging
 
 def _write_scalars(writer, step: int, scalars: dict) -> None:
-    """TensorBoard scalar events through ``tf.summary.write`` with the scalars plugin's
-    metadata (what ``tf.summary.scalar`` writes, without needing the tensorboard wheel)."""
+    """TensorBoard scalar events through ``tf.summary.scalar`` (the tensorboard wheel
+    provides its implementation)."""
     import tensorflow as tf
-    from tensorflow.core.framework import summary_pb2
-    meta = summary_pb2.SummaryMetadata(
-        plugin_data=summary_pb2.SummaryMetadata.PluginData(plugin_name="scalars"),
-        data_class=summary_pb2.DATA_CLASS_SCALAR)
     with writer.as_default(step=step):
         for k, v in scalars.items():
-            tf.summary.write(k, tf.constant(v, tf.float32), metadata=meta)
+            tf.summary.scalar(k, v)
     writer.flush()
 
 
 class _Logger:
-    """TensorBoard scalars (process 0) + a tqdm bar with images/s and ETA."""
+    """TensorBoard scalars + a tqdm bar with images/s and ETA (process 0 only: the
+    others are built with ``enabled=False``)."""
 
     def __init__(self, workdir, total, start, batch_size, enabled, bar):
         self.writer, self.bar = None, None
@@ -224,9 +136,11 @@ class _Logger:
         if metrics is None:
             return
         now = time.perf_counter()
-        ips = self.batch_size * (step - self.step0) / max(now - self.t0, 1e-9)
+        dt = max(now - self.t0, 1e-9) / max(step - self.step0, 1)
+        ips = self.batch_size / dt
         self.t0, self.step0 = now, step
-        metrics = {k: float(v) for k, v in metrics.items()} | {"images_per_sec": ips}
+        metrics = {k: float(v) for k, v in metrics.items()} | {"images_per_sec": ips,
+                                                                "step_time_s": dt}
         if self.writer is not None:
             _write_scalars(self.writer, step, metrics)
         line = f"step {step}: " + ", ".join(f"{k}={v:.4g}" for k, v in sorted(metrics.items()))
@@ -255,32 +169,129 @@ def _run_eval(config, model, params, tok, out_dir, scale, mesh):
 
 # --------------------------------------------------------------------------- training
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
-    """Train (resuming from ``workdir``'s latest checkpoint if any); returns
-    ``{"step", "metrics"}`` of the last logged step."""
-    validate_config(config)
+class NonFiniteError(cli.UserError, FloatingPointError):
+    """The loss (or a gradient or parameter) became NaN/inf; nothing from that step on
+    was saved."""
+
+
+@jax.jit
+def _track_finite(ok, first_bad, metrics, step):
+    """Device-side "every step so far was finite" flag and the first bad step (no host
+    sync per step; read at log steps and before saves)."""
+    now = jnp.isfinite(metrics["loss/total"]) & jnp.isfinite(metrics["grad_norm"])
+    first_bad = jnp.where(ok & ~now, step, first_bad)
+    return ok & now, first_bad
+
+
+_global_norm = jax.jit(optax.global_norm)
+
+
+@jax.jit
+def _tree_finite(tree):
+    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]))
+
+
+class _SigtermFlag:
+    """SIGTERM (preemption notice) sets a flag: the loop finishes the step, saves it and
+    stops. Installed before anything else, so an early notice is not fatal."""
+
+    def __init__(self):
+        self.flag, self.old = False, None
+        try:
+            self.old = signal.signal(signal.SIGTERM, self._set)
+        except ValueError:  # not the main thread
+            pass
+
+    def _set(self, *_):
+        self.flag = True
+
+    def should_stop(self) -> bool:
+        if jax.process_count() == 1:
+            return self.flag
+        from jax.experimental import multihost_utils  # every host must agree
+        flags = multihost_utils.process_allgather(np.asarray(self.flag, np.int32))
+        return bool(np.max(flags))
+
+    def restore(self):
+        if self.old is not None:
+            signal.signal(signal.SIGTERM, self.old)
+
+
+def _close_all(*closers) -> None:
+    """Run every closer even if one raises (a failing close must not leave the others'
+    threads running and the process hanging); the first error is logged."""
+    for close in closers:
+        try:
+            close()
+        except Exception:  # noqa: BLE001 - closing on an error path; the cause is raised
+            log.exception("while closing after training")
+
+
+def _write_run_files(workdir: str, mcfg, tok, config, fresh: bool) -> None:
+    """``model_config.json``, ``tokenizer/`` (fresh runs: replacing any leftovers of a
+    start that never saved) and ``config.json``."""
+    import shutil
+
     from gmm_jax import pretrained
-    from gmm_jax.data import make_train_iterator
+    if fresh:
+        pretrained.save_config(workdir, mcfg.replace(dtype="float32", remat=False))
+        tok_dir = os.path.join(workdir, pretrained.TOKENIZER_DIR)
+        if os.path.isdir(tok_dir):
+            shutil.rmtree(tok_dir)
+        tok.save(tok_dir)
+    with open(os.path.join(workdir, "config.json"), "w") as f:
+        f.write(config_to_json(config))
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+    """Train (resuming from ``workdir``'s latest finished checkpoint if any); returns
+    ``{"step", "metrics", "state", "stopped"}`` (``stopped``: SIGTERM ended the run
+    early after saving ``step``; running again resumes).
+
+    A workdir without a finished checkpoint is a fresh start whatever else it holds; one
+    whose saved config differs from ``config`` (outside ``RESUME_MAY_CHANGE``) is
+    refused before anything is written. Raises ``NonFiniteError`` at the first
+    non-finite loss (checked at log steps and before each save, which it never makes)."""
+    validate_config(config)
+    check_paths(config)
     workdir = os.path.abspath(workdir)
-    os.makedirs(workdir, exist_ok=True)
+    steps = checkpointing.finished_steps(workdir)
+    latest = steps[-1] if steps else None
+    if latest is not None:
+        changed = check_resumable(checkpointing.saved_config(workdir, latest), config,
+                                  workdir, latest)
+        if changed:
+            log.warning("resuming with changed %s", ", ".join(f"config.{k}" for k in changed))
     lead = jax.process_index() == 0
     mesh = ts.make_mesh(config.mesh.axes, config.mesh.shape)
     n_batch = int(np.prod([mesh.shape[a] for a in ts.batch_axes(mesh)]))
     if config.batch_size % n_batch:
         raise ValueError(f"config.batch_size={config.batch_size} is not divisible by the "
                          f"{n_batch} data-parallel devices of the mesh {dict(mesh.shape)}")
+    created = not os.path.exists(workdir)
+    os.makedirs(workdir, exist_ok=True)
+    sigterm = _SigtermFlag()
+    ckpt, failed = None, True
+    try:  # every exit closes the checkpointer (its async threads) and the handler
+        ckpt = checkpointing.TrainCheckpointer(workdir, int(config.max_to_keep),
+                                               bool(config.async_checkpointing))
+        out = _train(config, workdir, latest, mesh, ckpt, sigterm, lead)
+        failed = False
+        return out
+    finally:
+        _close_all(*(f for f in (ckpt and ckpt.close, sigterm.restore) if f))
+        if failed and created and lead and not checkpointing.finished_steps(workdir):
+            import shutil  # a start that failed before any checkpoint leaves nothing behind
+            shutil.rmtree(workdir, ignore_errors=True)
 
-    ckpt = checkpointing.TrainCheckpointer(workdir, int(config.max_to_keep),
-                                           bool(config.async_checkpointing))
-    latest = ckpt.latest_step()
+
+def _train(config, workdir, latest, mesh, ckpt, sigterm, lead):
+    """The body of ``train_and_evaluate`` once the workdir is accepted."""
+    from gmm_jax.data import make_train_iterator
     model, params, tok = build_model_and_tokenizer(config, workdir, load_params=latest is None)
     mcfg = model.config
     if lead:
-        pretrained.save_config(workdir, mcfg.replace(dtype="float32", remat=False))
-        if not os.path.isdir(os.path.join(workdir, pretrained.TOKENIZER_DIR)):
-            tok.save(os.path.join(workdir, pretrained.TOKENIZER_DIR))
-        with open(os.path.join(workdir, "config.json"), "w") as f:
-            f.write(config_to_json(config))
+        _write_run_files(workdir, mcfg, tok, config, fresh=latest is None)
 
     data_sharding = ts.batch_sharding(mesh)
     it = make_train_iterator(config.data, tok, mcfg.image_size, int(config.batch_size),
@@ -297,7 +308,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     else:
         abstract = jax.eval_shape(lambda: fresh_state(init_params(model, jax.random.key(0))))
     shardings = ts.state_shardings(abstract, mesh)
-    data_state = None
     if latest is None:
         state = jax.jit(fresh_state, out_shardings=shardings)(params)
         del params
@@ -320,50 +330,54 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     step_fn = ts.make_train_step(model, objective, tx, config.loss, total, lr_fn, mesh, shardings)
     scale_fn, _ = ts.temperature_fns(config.loss, total)
 
-    # SIGTERM (preemption notice): finish the step, save, exit cleanly.
-    stop = {"flag": False}
-    old_handler = None
-    try:
-        old_handler = signal.signal(signal.SIGTERM, lambda *_: stop.update(flag=True))
-    except ValueError:  # not the main thread
-        pass
-
-    def should_stop() -> bool:
-        if jax.process_count() == 1:
-            return stop["flag"]
-        from jax.experimental import multihost_utils  # every host must agree
-        flags = multihost_utils.process_allgather(np.asarray(stop["flag"], np.int32))
-        return bool(np.max(flags))
-
     start = int(jax.device_get(state["step"]))
     logger = _Logger(workdir, total, start, int(config.batch_size), lead,
                      bool(config.progress_bar))
-    last_metrics, step = {}, start
+    last_metrics, step, stopping, last_saved = {}, start, False, latest
+    ok, first_bad = jnp.asarray(True), jnp.asarray(-1, jnp.int32)
+
+    def check_finite(state, step):
+        if not bool(ok) or not bool(_tree_finite(state["params"])):
+            bad = int(first_bad) if int(first_bad) >= 0 else step
+            kept = (f"the last good checkpoint is step {last_saved} "
+                    f"({ckpt.directory}/{last_saved})" if last_saved is not None
+                    else "no checkpoint was saved")
+            raise NonFiniteError(
+                f"non-finite loss or gradient (NaN/inf) at step {bad}; stopped without saving "
+                f"it ({kept}). Lower config.optim.lr or set config.optim.grad_clip, and start "
+                f"a new --workdir (with --config.init={workdir} to go on from that checkpoint)")
+
     try:
         for step in range(start + 1, total + 1):
             batch = next(it)
             epoch = np.int32(batch.pop("epoch"))
             state, metrics = step_fn(state, batch, epoch)
+            ok, first_bad = _track_finite(ok, first_bad, metrics, step)
             log_now = step % int(config.log_every_steps) == 0 or step == total
+            stopping = sigterm.should_stop()
+            save_now = step % int(config.checkpoint_every_steps) == 0 or step == total or stopping
+            if log_now or save_now:
+                check_finite(state, step)
+            if log_now:  # grad_norm is the gradients' l2 norm; the params' at log steps
+                metrics = {**metrics, "l2_params": _global_norm(state["params"])}
             logged = logger.step(step, jax.device_get(metrics) if log_now else None)
             last_metrics = logged or last_metrics
-            stopping = should_stop()
-            if step % int(config.checkpoint_every_steps) == 0 or step == total or stopping:
+            if save_now:
                 ckpt.save(step, state, it.get_state(), config_to_json(config))
+                last_saved = step
             every = int(config.eval_every_steps)
             if (every > 0 and step % every == 0) or (step == total and config.eval_at_end):
                 scale = float(scale_fn(state["params"], state["step"]))
                 _run_eval(config, model, state["params"], tok,
                           os.path.join(workdir, f"eval_step_{step}"), scale, mesh)
             if stopping:
-                log.warning("SIGTERM: saved step %d, exiting", step)
+                log.warning("SIGTERM: saved step %d, stopping (resumable)", step)
                 break
     finally:
-        ckpt.close()
         logger.close()
-        if old_handler is not None:
-            signal.signal(signal.SIGTERM, old_handler)
+        del it  # drops the input pipeline (tf.data iterator, prefetched batches)
     if lead and last_metrics:
         with open(os.path.join(workdir, "train_metrics.json"), "w") as f:
             json.dump({"step": step, **last_metrics}, f, indent=1, sort_keys=True)
-    return {"step": step, "metrics": last_metrics, "state": state}
+    return {"step": step, "metrics": last_metrics, "state": state,
+            "stopped": bool(stopping and step < total)}

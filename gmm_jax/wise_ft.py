@@ -55,12 +55,12 @@ def load_model(path: str, step: int | None = None):
     workdirs (default: the latest checkpoint) and is ignored for model directories.
     Raises WiseFTError naming ``path`` when it is neither or lacks a tokenizer.
     """
-    from gmm_jax import checkpointing, pretrained, train_lib
+    from gmm_jax import checkpointing, pretrained
     if not os.path.isdir(path):
         raise WiseFTError(f"{path!r} does not exist or is not a directory")
     try:
         if os.path.isdir(os.path.join(path, checkpointing.CHECKPOINT_DIR)):
-            model, params, tok, _ = train_lib.load_checkpoint(path, step=step)
+            model, params, tok, _, _ = checkpointing.load_run(path, step=step)
         elif os.path.isfile(os.path.join(path, pretrained.CONFIG_FILE)):
             model, params, tok = pretrained.load_pretrained(path)
         else:

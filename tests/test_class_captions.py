@@ -157,7 +157,8 @@ def test_imagenet_config_is_valid_and_evaluates_the_shifts():
     from gmm_jax import train_lib
     from gmm_jax.configs import imagenet
     config = imagenet.get_config()
-    train_lib.validate_config(config)
+    with pytest.raises(ValueError, match="config.init"):  # no ViT-B/16 from scratch by accident
+        train_lib.validate_config(config)
     assert config.data.name == "class_captions" and config.data.caption_mode == "random"
     assert config.model.preset == "ViT-B/16" and config.init is None  # given on the CLI
     assert config.eval.zeroshot.datasets.split(",") == [

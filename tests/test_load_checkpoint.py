@@ -100,3 +100,28 @@ def test_a_run_exports_to_transformers(tmp_path, tiny, capsys):
     with pytest.raises(SystemExit):
         convert.main(["--src", str(out), "--format", "hf", "--step", "3", "--out", str(out)])
     assert "--step applies to --format run only" in capsys.readouterr().err
+
+
+def test_load_run_picks_the_step_and_returns_its_config(tmp_path, tiny):
+    """checkpointing.load_run: latest or the given step, with the config saved with that
+    step; the params come back without the saved optimiser state."""
+    model, params, tok = tiny
+    pretrained.save_config(str(tmp_path), model.config)
+    tok.save(str(tmp_path / pretrained.TOKENIZER_DIR))
+    ckpt = checkpointing.TrainCheckpointer(str(tmp_path), async_save=False)
+    for step, nu in ((3, 1.0), (5, 2.0)):
+        state = {"params": {**params, "logit_scale": np.float32(nu)}, "step": np.int32(step),
+                 "opt_state": {"mu": jax.tree.map(np.zeros_like, params)}}
+        ckpt.save(step, state, {"epoch": 0}, json.dumps({"loss": {"temperature": "learned"},
+                                                         "seed": step}))
+    ckpt.close()
+    for want_step, nu in ((None, 2.0), (3, 1.0)):
+        got_model, got, got_tok, step, run_config = checkpointing.load_run(str(tmp_path),
+                                                                           want_step)
+        assert step == (want_step or 5) and run_config["seed"] == step
+        assert set(got) == set(params)
+        assert float(got["logit_scale"]) == nu
+        assert got_model.config == model.config and got_tok.vocab_size == tok.vocab_size
+        _assert_same_weights(params, got)
+    with pytest.raises(ValueError, match=r"no checkpoint for step 4; saved steps: \[3, 5\]"):
+        checkpointing.load_run(str(tmp_path), 4)

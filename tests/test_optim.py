@@ -121,3 +121,99 @@ def test_fixed_and_scheduled_temperature():
     for step in (0, 25, 100, 150):
         tau = 0.01 + 0.04 * min(step, 100) / 100
         assert float(scale_fn({}, step)) == pytest.approx(1 / tau, rel=1e-5), step
+
+
+def _first_moments(state) -> dict:
+    """Adam's first moment of every parameter, merged over the label groups of the
+    wired optimiser (each group's ``mu`` has empty nodes where another group applies)."""
+    import optax
+    out = {}
+    for _, mu in optax.tree_utils.tree_get_all_with_path(state, "mu"):
+        out.update(flat_leaves(mu))
+    return out
+
+
+def test_the_wired_optimiser_clips_before_adam():
+    """Adam's first moment after one update is (1 - b1) * the clipped gradient: the
+    clip inside make_optimizer's chain acts (the update itself is ~lr either way)."""
+    cfg = _config(lr=1.0, warmup_frac=0.0, schedule="constant", weight_decay=0.0,
+                  grad_clip=0.1)
+    cfg.loss.temperature = "learned"  # logit_scale trained too: its moment is checked
+    tx, _ = optim.make_optimizer(cfg, 10)
+    p, g = _toy_params(), _grads()
+    _, state = tx.update(g, tx.init(p), p)
+    g64 = {k: np.asarray(v, np.float64) for k, v in flat_leaves(g).items()}
+    norm = math.sqrt(sum(float(np.sum(v ** 2)) for v in g64.values()))
+    factor = min(1.0, 0.1 / norm)
+    assert factor < 0.2  # the clip matters for these gradients
+    mu = _first_moments(state)
+    assert mu.keys() == g64.keys()
+    for k, v in g64.items():
+        np.testing.assert_allclose(np.asarray(mu[k]), (1 - cfg.optim.b1) * factor * v,
+                                   rtol=1e-5, err_msg=k)
+
+
+@pytest.mark.parametrize("grad_clip", [0.0, 0.1])
+def test_accumulated_update_equals_the_averaged_gradient_update(grad_clip):
+    """grad_accum_steps=2 on g1 then g2 makes the update one optimiser makes on
+    (g1 + g2) / 2 (clipped after averaging), and nothing on the first micro-step."""
+    kw = dict(lr=0.1, warmup_frac=0.0, schedule="constant", weight_decay=0.2,
+              grad_clip=grad_clip)
+    tx2, _ = optim.make_optimizer(_config(grad_accum_steps=2, **kw), 10)
+    tx1, _ = optim.make_optimizer(_config(grad_accum_steps=1, **kw), 5)
+    p = _toy_params()
+    g1 = _grads()
+    g2 = {"w": {"kernel": jnp.arange(12.0).reshape(3, 4) / 7 - 0.8,
+                "bias": jnp.asarray([0.3, -2.0, 0.1, 1.0])}, "logit_scale": jnp.asarray(-3.0)}
+    s2 = tx2.init(p)
+    u_first, s2 = tx2.update(g1, s2, p)
+    assert all(float(jnp.max(jnp.abs(x))) == 0 for x in jax.tree.leaves(u_first))
+    u_acc, _ = tx2.update(g2, s2, p)
+    avg = jax.tree.map(lambda a, b: (a + b) / 2, g1, g2)
+    u_ref, _ = tx1.update(avg, tx1.init(p), p)
+    got, want = flat_leaves(u_acc), flat_leaves(u_ref)
+    for k in want:
+        np.testing.assert_allclose(np.asarray(got[k]), np.asarray(want[k]), rtol=1e-5,
+                                   atol=1e-7, err_msg=k)
+    # Not the update of g2 alone (the averaging is what is tested).
+    u_last, _ = tx1.update(g2, tx1.init(p), p)
+    assert any(not np.allclose(np.asarray(got[k]), np.asarray(v), rtol=1e-3)
+               for k, v in flat_leaves(u_last).items())
+
+
+def _three_adamw_steps(decay_mask: bool):
+    """(ours, torch's) flat params after 3 steps on the same random gradients."""
+    import torch
+    cfg = _config(lr=0.05, warmup_frac=0.0, schedule="constant", weight_decay=0.2,
+                  b2=0.999, eps=1e-8, decay_mask=decay_mask)
+    cfg.loss.temperature = "learned"
+    tx, _ = optim.make_optimizer(cfg, 10)
+    p = _toy_params()
+    tp = {k: torch.nn.Parameter(torch.tensor(np.asarray(v), dtype=torch.float64))
+          for k, v in flat_leaves(p).items()}
+    topt = torch.optim.AdamW(list(tp.values()), lr=0.05, betas=(0.9, 0.999), eps=1e-8,
+                             weight_decay=0.2)
+    state = tx.init(p)
+    rng = np.random.default_rng(0)
+    for _ in range(3):
+        g = jax.tree.map(lambda x: jnp.asarray(rng.normal(size=np.shape(x)), jnp.float32), p)
+        updates, state = tx.update(g, state, p)
+        p = jax.tree.map(lambda a, b: a + b, p, updates)
+        for k, v in flat_leaves(g).items():
+            tp[k].grad = torch.tensor(np.asarray(v), dtype=torch.float64)
+        topt.step()
+    return ({k: np.asarray(v) for k, v in flat_leaves(p).items()},
+            {k: v.detach().numpy() for k, v in tp.items()})
+
+
+def test_the_authors_setting_is_torch_adamw():
+    """optim.b2=0.999, eps=1e-8, decay_mask=False (docs/training.md: the authors' torch
+    AdamW defaults, decay on every parameter) follows torch.optim.AdamW for 3 steps;
+    with our decay mask the bias and logit_scale (not decayed) differ from it."""
+    ours, ref = _three_adamw_steps(decay_mask=False)
+    assert ours.keys() == ref.keys()
+    for k in ref:
+        np.testing.assert_allclose(ours[k], ref[k], rtol=1e-5, atol=1e-6, err_msg=k)
+    masked, _ = _three_adamw_steps(decay_mask=True)
+    for k in ref:
+        assert np.allclose(masked[k], ref[k], rtol=1e-5, atol=1e-6) == ("kernel" in k), k

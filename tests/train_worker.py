@@ -2,7 +2,8 @@
 killing itself, for the resume tests (tests/test_train_loop.py).
 
     python tests/train_worker.py WORKDIR DATA_DIR [--sigkill-after-save S]
-        [--sigkill-during-save S] [--sigterm-at S] [key=value ...]
+        [--sigkill-during-save S] [--sigterm-at S] [--sigkill-before-step S]
+        [--raise-at S] [--nan-at S] [key=value ...]
 """
 import argparse
 import json
@@ -19,6 +20,12 @@ def main():
     p.add_argument("--sigkill-during-save", type=int, default=0,
                    help="SIGKILL right after starting the (async) save of this step")
     p.add_argument("--sigterm-at", type=int, default=0, help="SIGTERM after this step")
+    p.add_argument("--sigkill-before-step", type=int, default=0,
+                   help="SIGKILL just before this step is computed (1: before compiling)")
+    p.add_argument("--raise-at", type=int, default=0,
+                   help="raise RuntimeError just before this step (a crash mid-run)")
+    p.add_argument("--nan-at", type=int, default=0,
+                   help="feed this step a batch of NaN images (a non-finite loss)")
     p.add_argument("overrides", nargs="*", help="dotted config key=JSON value")
     args = p.parse_intermixed_args()
     os.environ.setdefault("JAX_PLATFORMS", "cpu")
@@ -54,6 +61,13 @@ def main():
         step_fn = make_step(*a, **k)
 
         def wrapped(state, batch, epoch):
+            nxt = int(state["step"]) + 1
+            if nxt == args.sigkill_before_step:
+                os.kill(os.getpid(), signal.SIGKILL)
+            if nxt == args.raise_at:
+                raise RuntimeError(f"worker: raising before step {nxt}")
+            if nxt == args.nan_at:
+                batch = {**batch, "image": batch["image"] * float("nan")}
             state, metrics = step_fn(state, batch, epoch)
             if int(state["step"]) == args.sigterm_at:
                 os.kill(os.getpid(), signal.SIGTERM)  # handled: save and stop
@@ -62,7 +76,7 @@ def main():
 
     train_state.make_train_step = patched_make_step
     out = train_lib.train_and_evaluate(config, args.workdir)
-    print(f"finished at step {out['step']}")
+    print(f"finished at step {out['step']}" + (" (stopped)" if out["stopped"] else ""))
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ from gmm_jax.configs import default
 
 def get_config():
     config = default.get_config()
+    config.allow_from_scratch = False       # needs --config.init (a converted checkpoint)
     config.data.name = "coco"               # TFDS coco_captions; eval split: test (5k)
     config.loss.method = "m2mix"
     config.batch_size = 128

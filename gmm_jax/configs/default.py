@@ -71,6 +71,9 @@ def get_config() -> ml_collections.ConfigDict:
     # Converted model directory (python -m gmm_jax.convert --out DIR) or another run's
     # workdir (its latest checkpoint); None = from scratch.
     config.init = config_dict.placeholder(str)
+    # False: refuse to start without config.init (the fine-tuning configs, coco/flickr30k,
+    # whose learning rates are meant for a pretrained model).
+    config.allow_from_scratch = True
     config.model = _model()
     # Tokenizer: a HF tokenizer dir or bpe_simple_vocab_16e6.txt.gz; None = the init
     # directory's tokenizer/, or (from scratch) one trained on the training captions.
@@ -109,9 +112,13 @@ def get_config() -> ml_collections.ConfigDict:
     config.optim.name = "adamw"
     config.optim.lr = 1e-5
     config.optim.weight_decay = 0.2
+    # b2, eps and the decay mask are OpenCLIP's fine-tuning practice (ours); the authors
+    # used torch AdamW's defaults with decay on every parameter: b2=0.999, eps=1e-8,
+    # decay_mask=False (docs/training.md).
     config.optim.b1 = 0.9
     config.optim.b2 = 0.98
     config.optim.eps = 1e-6
+    config.optim.decay_mask = True     # False: decay every parameter (biases, norms, ...)
     config.optim.schedule = "cosine"   # cosine | constant (both after the linear warm-up)
     config.optim.warmup_frac = 0.1     # warm-up steps = warmup_frac * optimiser steps
     config.optim.end_lr_frac = 0.0     # cosine ends at lr * end_lr_frac

@@ -8,6 +8,7 @@ from gmm_jax.configs import default
 
 def get_config():
     config = default.get_config()
+    config.allow_from_scratch = False       # needs --config.init (a converted checkpoint)
     config.data.name = "flickr30k"          # needs data.manual_dir (see docs/data.md)
     config.loss.method = "m2mix"
     config.batch_size = 128

@@ -18,8 +18,9 @@ from gmm_jax.configs import default
 
 def get_config():
     config = default.get_config()
-    # config.init (a converted ViT-B/16 model directory) is meant to be given on the
-    # command line; the preset only names the architecture it must have.
+    # config.init (a converted ViT-B/16 model directory) must be given on the command
+    # line; the preset only names the architecture it must have.
+    config.allow_from_scratch = False
     config.model.preset = "ViT-B/16"
     config.data.name = "class_captions"
     config.data.class_captions.dataset = "imagenet2012"  # needs data.manual_dir (TFDS)
