@@ -45,8 +45,8 @@ def main(argv):
     try:
         check_config(_CAP.value, where="--cap")
         if _WORKDIR.value:
-            from gmm_jax.train_lib import load_checkpoint
-            model, params, tok, _ = load_checkpoint(_WORKDIR.value)
+            from gmm_jax.checkpointing import load_run
+            model, params, tok, _, _ = load_run(_WORKDIR.value)
         else:
             from gmm_jax.pretrained import load_pretrained
             model, params, tok = load_pretrained(_CHECKPOINT.value)
