@@ -53,3 +53,29 @@ def run_cli(main_fn: Callable, prog: str) -> Callable:
     wrapped.__name__ = getattr(main_fn, "__name__", "main")
     wrapped.__doc__ = main_fn.__doc__
     return wrapped
+
+
+def packaged_config(name: str) -> str | None:
+    """The file of the shipped config ``name`` (``coco``, ``demo``, ...) or None."""
+    if not name.replace("_", "").isalnum():
+        return None
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs", f"{name}.py")
+    return path if os.path.isfile(path) else None
+
+
+def resolve_config_names(argv: list[str]) -> list[str]:
+    """``argv`` with ``--config=NAME[:ARG]`` (or ``--config NAME``) naming a shipped
+    config replaced by its packaged file, so an installed ``gmm-train --config=coco``
+    works from any directory. An existing path always wins."""
+    out = list(argv)
+    for i, arg in enumerate(out):
+        if arg.startswith("--config="):
+            prefix, value = "--config=", arg[len("--config="):]
+        elif arg == "--config" and i + 1 < len(out):
+            prefix, value, i = "", out[i + 1], i + 1
+        else:
+            continue
+        base, sep, rest = value.partition(":")
+        if not os.path.exists(base) and (path := packaged_config(base)):
+            out[i] = f"{prefix}{path}{sep}{rest}"
+    return out

@@ -351,7 +351,12 @@ def main(argv, F) -> None:
 
 def cli() -> None:
     """Entry point: absl flags + ``app.run``."""
+    import sys
+
     from absl import app
+
+    from gmm_jax.cli import resolve_config_names
+    sys.argv = resolve_config_names(sys.argv)
     flag_holders = _define_flags()
     app.run(lambda argv: main(argv, flag_holders))
 
