@@ -85,16 +85,15 @@ def slerp(a: jax.Array, b: jax.Array, lam) -> jax.Array:
 # --------------------------------------------------------------------------
 # the terms on any Blocks (shared with distributed_loss)
 
-def _clip(blocks: Blocks, v_rows, t_rows, v, t, scale):
+def _pairs(blocks: Blocks, v_rows, t_rows, v, t):
+    """``(vt, tv, pos)``: held rows of ``S = v @ t.T`` and ``S^T``, and the positives;
+    formed once, shared by the contrastive and m2-Mix terms."""
     vt, tv = blocks.cross(v_rows, t, t_rows, v)
-    pos = kernels.rowdot(v_rows, t_rows)
-    return kernels.clip_term(blocks, vt, tv, pos, scale), (vt, tv, pos)
+    return vt, tv, kernels.rowdot(v_rows, t_rows)
 
 
-def _m2mix(blocks: Blocks, v_rows, t_rows, v, t, lam, scale, halve=False, shared=None):
-    """``shared``: ``(vt, tv, pos)`` of the contrastive term, so ``S`` is formed once."""
-    vt, tv, pos = shared if shared is not None else _clip(blocks, v_rows, t_rows, v, t,
-                                                          scale)[1]
+def _m2mix(blocks: Blocks, v_rows, t_rows, v, t, pairs, lam, scale, halve=False):
+    vt, tv, pos = pairs
     alpha, beta = kernels.m2mix_weights(v, t, lam)
     return kernels.m2mix_term(blocks, vt, tv, blocks.gram(v_rows, v), blocks.gram(t_rows, t),
                               pos, alpha, beta, scale, halve)
@@ -161,8 +160,8 @@ def clip_loss(v: jax.Array, t: jax.Array, scale) -> jax.Array:
       >>> round(float(losses.clip_loss(v, t, scale=10.0)), 4)
       0.1269
     """
-    scale = jnp.asarray(scale, F32)
-    return _clip(GlobalBlocks(v.shape[0]), v, t, v, t, scale)[0]
+    blocks = GlobalBlocks(v.shape[0])
+    return kernels.clip_term(blocks, *_pairs(blocks, v, t, v, t), jnp.asarray(scale, F32))
 
 
 def m2mix_loss(v: jax.Array, t: jax.Array, lam, scale) -> jax.Array:
@@ -193,8 +192,8 @@ def m2mix_loss(v: jax.Array, t: jax.Array, lam, scale) -> jax.Array:
       >>> round(float(losses.m2mix_loss(v, t, lam=0.5, scale=10.0)), 4)
       0.8181
     """
-    scale = jnp.asarray(scale, F32)
-    return _m2mix(GlobalBlocks(v.shape[0]), v, t, v, t, lam, scale)
+    blocks = GlobalBlocks(v.shape[0])
+    return _m2mix(blocks, v, t, v, t, _pairs(blocks, v, t, v, t), lam, jnp.asarray(scale, F32))
 
 
 def vmix_loss(v: jax.Array, t: jax.Array, lam, scale) -> jax.Array:
@@ -515,7 +514,8 @@ def recipe(spec: LossSpec, blocks: Blocks, v, t, scale, key, epoch):
         v, t = modality_swap_soft(v, t, k_swap, spec.swap_p)
     v_rows, t_rows = blocks.rows(v), blocks.rows(t)
     scale = jnp.asarray(scale, F32)
-    contrastive, shared = _clip(blocks, v_rows, t_rows, v, t, scale)
+    pairs = _pairs(blocks, v_rows, t_rows, v, t)
+    contrastive = kernels.clip_term(blocks, *pairs, scale)
     aux = {"clip": contrastive}
     total = contrastive
     if spec.mixes:
@@ -523,9 +523,9 @@ def recipe(spec: LossSpec, blocks: Blocks, v, t, scale, key, epoch):
         lam_m2 = jax.random.beta(k_m2, spec.beta_m2, spec.beta_m2)
         if spec.mix_form == "reference":
             s2 = scale if spec.m2_scale is None else jnp.asarray(spec.m2_scale, F32)
-            m2 = _m2mix(blocks, v_rows, t_rows, v, t, lam_m2, s2, shared=shared)
+            m2 = _m2mix(blocks, v_rows, t_rows, v, t, pairs, lam_m2, s2)
         else:  # the authors' OpenCLIP variant: a mean, at the contrastive scale
-            m2 = _m2mix(blocks, v_rows, t_rows, v, t, lam_m2, scale, halve=True, shared=shared)
+            m2 = _m2mix(blocks, v_rows, t_rows, v, t, pairs, lam_m2, scale, halve=True)
         mix = spec.c_m2 * m2
         aux.update(m2mix=m2, lam_m2=lam_m2, mix_weight=w_e)
         if spec.method == "m3mix":
