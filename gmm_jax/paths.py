@@ -24,8 +24,8 @@ def is_uri(p: PathLike) -> bool:
     return "://" in os.fspath(p)
 
 
-def path(p: PathLike) -> epath.Path:
-    return epath.Path(p)
+def path(p: PathLike, *parts: str) -> epath.Path:
+    return epath.Path(p, *parts)
 
 
 def absolute(p: PathLike) -> str:

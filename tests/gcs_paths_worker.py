@@ -81,6 +81,10 @@ def main(mirror, data_dir, out_json):
 
     mocks = {f: one for f in ("exists", "isdir", "listdir", "makedirs", "mkdir", "open",
                               "remove", "rmtree", "stat")}
+    # mock_epath replaces the backend table, which etils reads only when TensorFlow is not
+    # installed (with TF it picks its gfile backend for gs:// directly): say it is not.
+    from etils.epath import gpath
+    gpath._is_tf_installed = lambda: False
     with epath_testing.mock_epath(**mocks, rename=two, replace=two, copy=two, glob=glob,
                                   walk=walk):
         result = None
