@@ -138,8 +138,9 @@ def flow(data_dir):
 
     def eval_cli(*args):
         flags.FLAGS.unparse_flags()
-        eval_main.main(flags.FLAGS(["eval.py", f"--config={cfg_file}",
-                                    f"--config.eval.suites={SUITES}", *args]))
+        argv = flags.FLAGS(["eval.py", f"--config={cfg_file}", *args])
+        flags.FLAGS["config"].value.eval.suites = SUITES  # the config file's eval, quicker
+        eval_main.main(argv)
 
     eval_cli(f"--workdir={ft_dir}", f"--out={G}/evals/ft")
     eval_cli("--compare", ev, f"{G}/evals/ft", f"--out={G}/evals/cmp")

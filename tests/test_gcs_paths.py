@@ -57,7 +57,7 @@ def test_whole_flow_on_gs_paths(tmp_path):
 
     assert r["stage_reused"] and r["eval_reused"]
     assert r["resumed_to"] == 4 and r["steps"] == [2, 4]
-    assert "pretrain/eval" in r["compare_md"] and "evals/ft" in r["compare_md"]
+    assert "| eval | ft |" in r["compare_md"]  # gs://bucket/demo/pretrain/eval, .../evals/ft
     assert r["hf_same_keys"] and r["hf_max_abs_diff"] < 1e-6 and r["hf_tokenizer_same"]
     assert r["report"] and all(r["report"].values()), r["report"]
     assert (r["own_pairs"], r["own_bad"]) == (2, 0)
