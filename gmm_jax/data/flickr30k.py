@@ -44,11 +44,10 @@ def check_manual_dir(manual_dir: str | None) -> tuple[str, str]:
 
 def read_karpathy_json(json_path: str) -> dict[str, list[tuple[str, list[str]]]]:
     """split -> [(filename, [raw captions])] in file order."""
-    with paths.path(json_path).open("r") as f:
-        try:
-            images = json.load(f)["images"]
-        except (json.JSONDecodeError, KeyError, TypeError) as e:
-            raise ValueError(f"{json_path}: not a Karpathy split file ({e})") from None
+    try:
+        images = paths.read_json(json_path)["images"]
+    except (json.JSONDecodeError, KeyError, TypeError) as e:
+        raise ValueError(f"{json_path}: not a Karpathy split file ({e})") from None
     out: dict[str, list] = {}
     for i, im in enumerate(images):
         try:
