@@ -112,6 +112,7 @@ def flow(data_dir):
     # the demo's stages: pre-train, export, evaluate; a second pass reuses each one
     pre_dir = f"{G}/demo/pretrain"
     pre = demo_flow.pretrain_config(cfg)
+    pre.total_steps = 2
     ecfg = demo_flow.eval_config(cfg)
     marker = demo_flow.train_stage(pre, pre_dir, banners.append)
     model_dir, tau = demo_flow.export_model(pre_dir, marker)
@@ -128,6 +129,7 @@ def flow(data_dir):
     ft = demo_flow.finetune_config(cfg, "m2mix", model_dir, tau)
     ft.tokenizer = paths.join(model_dir, "tokenizer")
     ft.total_steps, ft.checkpoint_every_steps = 2, 2
+    ft.eval_at_end = False  # eval.py below evaluates the run
     train_lib.train_and_evaluate(ft, ft_dir)
     ft.total_steps = 4
     out["resumed_to"] = int(train_lib.train_and_evaluate(ft, ft_dir)["step"])
