@@ -129,7 +129,6 @@ def flow(data_dir):
     ft = demo_flow.finetune_config(cfg, "m2mix", model_dir, tau)
     ft.tokenizer = paths.join(model_dir, "tokenizer")
     ft.total_steps, ft.checkpoint_every_steps = 2, 2
-    ft.eval_at_end = False  # eval.py below evaluates the run
     train_lib.train_and_evaluate(ft, ft_dir)
     ft.total_steps = 4
     out["resumed_to"] = int(train_lib.train_and_evaluate(ft, ft_dir)["step"])
