@@ -6,7 +6,7 @@ import jax
 import optax
 
 TEMP_MODES_TRAINED = ("learned", "softplus", "exp")
-# Parameters that are never decayed although they are matrices (SPEC / OpenAI practice).
+# Parameters that are never decayed although they are matrices (OpenAI's practice; docs/method.md).
 _NO_DECAY_NAMES = ("positional_embedding", "class_embedding", "logit_scale")
 
 
