@@ -218,18 +218,30 @@ def resolve_suites(config, ctx=None) -> list[str]:
     return names
 
 
+def suite_schedule(config) -> dict[str, tuple[int, bool]]:
+    """``{suite: (period, at_end)}`` for in-training runs: each suite's ``log_every``
+    (0 = ``config.eval_every_steps``, -1 = never) and ``at_end``. Building it reads the
+    whole eval config (milliseconds): compute it once, not at every training step."""
+    ecfg = _eval_config(config)
+    default_every = int(config.get("eval_every_steps", 0) or 0) if hasattr(config, "get") else 0
+    schedule = {}
+    for name in as_list(ecfg.suites):
+        s = _section(ecfg, name)
+        schedule[name] = (default_every if s.log_every == 0 else int(s.log_every),
+                          bool(s.at_end))
+    return schedule
+
+
+def due_in(schedule: dict[str, tuple[int, bool]], step: int, total_steps: int) -> list[str]:
+    """The suites of ``schedule`` (``suite_schedule``) due at ``step`` of ``total_steps``."""
+    return [name for name, (every, at_end) in schedule.items()
+            if (every > 0 and step % every == 0) or (step == total_steps and at_end)]
+
+
 def suites_due(config, step: int, total_steps: int) -> list[str]:
     """The suites to run at training step ``step`` of ``total_steps``: each suite's
     ``log_every`` (0 = ``config.eval_every_steps``, -1 = never) and ``at_end``."""
-    ecfg = _eval_config(config)
-    default_every = int(config.get("eval_every_steps", 0) or 0) if hasattr(config, "get") else 0
-    due = []
-    for name in as_list(ecfg.suites):
-        s = _section(ecfg, name)
-        every = default_every if s.log_every == 0 else int(s.log_every)
-        if (every > 0 and step % every == 0) or (step == total_steps and s.at_end):
-            due.append(name)
-    return due
+    return due_in(suite_schedule(config), step, total_steps)
 
 
 # --------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""Array-level evaluation metrics (SPEC §4).
+"""Array-level evaluation metrics (their definitions: docs/method.md).
 
 Inputs are float arrays (NumPy or JAX); outputs are Python floats or dicts of
 them. Everything runs on the host in NumPy: similarity matrices are formed in
@@ -30,7 +30,8 @@ def _unit(x) -> np.ndarray:
 def _check_pairs(v, t, name: str):
     v, t = _unit(v), _unit(t)
     if v.shape != t.shape:
-        raise ValueError(f"{name}: paired embeddings must have the same shape, got {v.shape} and {t.shape}")
+        raise ValueError(f"{name}: paired embeddings must have the same shape, "
+                         f"got {v.shape} and {t.shape}")
     return v, t
 
 
@@ -43,10 +44,25 @@ def _chunks(n: int, size: int = CHUNK) -> Iterator[slice]:
 # retrieval
 
 def caption_groups(captions: Sequence[str]) -> np.ndarray:
-    """Group id (M,) int64 per caption: captions with identical text share an id.
+    """Group id per caption: captions with identical text share an id.
 
     Pass it as ``text_groups`` to ``retrieval_recall`` / ``retrieval_confidences`` so
     that a caption is as good as any other caption with the same text.
+
+    Args:
+      captions: the ``M`` caption strings.
+
+    Returns:
+      ``(M,)`` int64 ids, in ``[0, number of distinct texts)``.
+
+    References:
+      Chen et al., *Microsoft COCO Captions: Data Collection and Evaluation Server*,
+      2015 (COCO repeats captions across and within images).
+
+    Examples:
+      >>> from gmm_jax import metrics
+      >>> metrics.caption_groups(["a dog", "a cat", "a dog"]).tolist()
+      [1, 0, 1]
     """
     _, inverse = np.unique(np.asarray(list(captions), dtype=object).astype(str),
                            return_inverse=True)
@@ -58,7 +74,8 @@ def _check_retrieval(image_emb, text_emb, text_to_image, text_groups):
     owner = np.asarray(text_to_image, dtype=np.int64)
     n_img, n_txt = img.shape[0], txt.shape[0]
     if owner.shape != (n_txt,):
-        raise ValueError(f"text_to_image must have shape ({n_txt},) (one image index per caption), got {owner.shape}")
+        raise ValueError(f"text_to_image must have shape ({n_txt},) (one image index per "
+                         f"caption), got {owner.shape}")
     if n_txt and (owner.min() < 0 or owner.max() >= n_img):
         raise ValueError(f"text_to_image holds image indices outside [0, {n_img})")
     if img.shape[1] != txt.shape[1]:
@@ -119,23 +136,36 @@ def retrieval_recall(image_emb, text_emb, text_to_image, ks: Sequence[int] = (1,
     captions ranks within the top K; a caption query when a positive image does.
 
     Positives: without ``text_groups`` the image's own captions (resp. the
-    caption's own image). ``text_groups`` (M,) int gives captions with identical
-    text the same id (``caption_groups``); identical captions are then
-    interchangeable: for an image query every caption whose text equals one of
-    the image's captions is positive, and for a caption query every image that
-    has a caption of the same text. With all ids distinct this is the
+    caption's own image). With ``text_groups`` (``caption_groups``) captions with
+    identical text are interchangeable: for an image query every caption whose text
+    equals one of the image's captions is positive, and for a caption query every
+    image that has a caption of the same text. With all ids distinct this is the
     three-argument meaning.
 
     Ties count against the query: a negative scoring exactly as high as the best
     positive ranks before it (the same rule as ``topk_accuracy``), so a
     collapsed, constant embedding scores at or below chance, never 100.
 
-    Returns ``{"i2t": {k: pct}, "t2i": {k: pct}}``.
+    Args:
+      image_emb: ``(N, D)`` image embeddings (normalised here).
+      text_emb: ``(M, D)`` caption embeddings (normalised here).
+      text_to_image: ``(M,)`` int, the image of each caption.
+      ks: the K of Recall@K.
+      text_groups: optional ``(M,)`` int text ids (``caption_groups``).
 
-    Example:
+    Returns:
+      ``{"i2t": {k: pct}, "t2i": {k: pct}}``.
+
+    References:
+      Karpathy & Fei-Fei, *Deep Visual-Semantic Alignments for Generating Image
+      Descriptions*, CVPR 2015 (the retrieval protocol and splits).
+
+    Examples:
+      >>> import numpy as np
+      >>> from gmm_jax import metrics
       >>> e = np.eye(3)
-      >>> retrieval_recall(e, e, [0, 1, 2], ks=(1,))["i2t"][1]
-      100.0
+      >>> metrics.retrieval_recall(e, e, [0, 1, 2], ks=(1,))
+      {'i2t': {1: 100.0}, 't2i': {1: 100.0}}
     """
     img, txt, owner, groups = _check_retrieval(image_emb, text_emb, text_to_image, text_groups)
     n_img, n_txt = img.shape[0], txt.shape[0]
@@ -168,7 +198,23 @@ def retrieval_recall(image_emb, text_emb, text_to_image, ks: Sequence[int] = (1,
 
 
 def rsum(recalls: dict) -> float:
-    """Sum of all recalls returned by ``retrieval_recall`` (the usual 'rsum')."""
+    """Sum of all recalls returned by ``retrieval_recall`` (the usual "rsum").
+
+    Args:
+      recalls: ``{"i2t": {k: pct}, "t2i": {k: pct}}``.
+
+    Returns:
+      The sum over both directions and every K.
+
+    References:
+      Faghri et al., *VSE++: Improving Visual-Semantic Embeddings with Hard
+      Negatives*, BMVC 2018.
+
+    Examples:
+      >>> from gmm_jax import metrics
+      >>> metrics.rsum({"i2t": {1: 50.0, 5: 90.0}, "t2i": {1: 40.0, 5: 80.0}})
+      260.0
+    """
     return float(sum(v for direction in recalls.values() for v in direction.values()))
 
 
@@ -176,21 +222,76 @@ def rsum(recalls: dict) -> float:
 # geometry of the embedding space
 
 def modality_gap(v, t) -> float:
-    """Centroid distance ``|| mean(v) - mean(t) ||_2`` (Liang et al. 2022)."""
+    """Centroid distance ``|| mean(v) - mean(t) ||_2`` of the normalised embeddings.
+
+    Args:
+      v: ``(N, D)`` image embeddings.
+      t: ``(M, D)`` text embeddings.
+
+    Returns:
+      The distance between the two modalities' centroids (0 to 2).
+
+    References:
+      Liang et al., *Mind the Gap: Understanding the Modality Gap in Multi-modal
+      Contrastive Representation Learning*, NeurIPS 2022.
+
+    Examples:
+      >>> import numpy as np
+      >>> from gmm_jax import metrics
+      >>> metrics.modality_gap(np.array([[1.0, 0.0]]), np.array([[0.0, 3.0]]))
+      1.4142135623730951
+    """
     v, t = _unit(v), _unit(t)
     return float(np.linalg.norm(v.astype(np.float64).mean(0) - t.astype(np.float64).mean(0)))
 
 
 def mean_positive_cosine(v, t) -> float:
-    """``mean_i <v_i, t_i>`` of the normalised pairs."""
+    """Mean cosine of the matched pairs, ``mean_i <v_i, t_i>``.
+
+    Args:
+      v: ``(N, D)`` image embeddings (normalised here).
+      t: ``(N, D)`` text embeddings paired with ``v``.
+
+    Returns:
+      A float in ``[-1, 1]``.
+
+    References:
+      Oh et al., *Geodesic Multi-Modal Mixup for Robust Fine-Tuning*, NeurIPS 2023
+      (reported beside uniformity and alignment).
+
+    Examples:
+      >>> import numpy as np
+      >>> from gmm_jax import metrics
+      >>> v, t = np.array([[1.0, 0.0], [0.0, 1.0]]), np.array([[1.0, 0.0], [1.0, 0.0]])
+      >>> metrics.mean_positive_cosine(v, t)
+      0.5
+    """
     v, t = _check_pairs(v, t, "mean_positive_cosine")
     return float(np.mean(np.sum(v.astype(np.float64) * t, axis=1)))
 
 
 def relative_alignment(v, t) -> float:
-    """``mean_i [ ||t_i - v_i||^2 - min_{j != i} ||t_i - v_j||^2 ]``.
+    """How much closer each caption is to its image than to the nearest other image.
 
-    Negative when each caption is closer to its own image than to any other.
+    ``mean_i [ ||t_i - v_i||^2 - min_{j != i} ||t_i - v_j||^2 ]``; negative when each
+    caption is closer to its own image than to any other.
+
+    Args:
+      v: ``(N, D)`` image embeddings (normalised here), ``N >= 2``.
+      t: ``(N, D)`` text embeddings paired with ``v``.
+
+    Returns:
+      The mean difference of squared distances.
+
+    References:
+      Oh et al., *Geodesic Multi-Modal Mixup for Robust Fine-Tuning*, NeurIPS 2023.
+
+    Examples:
+      >>> import numpy as np
+      >>> from gmm_jax import metrics
+      >>> e = np.eye(2)
+      >>> metrics.relative_alignment(e, e)  # 0 to its own image, 2 to the other
+      -2.0
     """
     v, t = _check_pairs(v, t, "relative_alignment")
     n = v.shape[0]
@@ -208,10 +309,27 @@ def relative_alignment(v, t) -> float:
 
 
 def uniformity(x, t: float = 2.0) -> float:
-    """``log mean_{i<j} exp(-t ||x_i - x_j||^2)`` over normalised rows, chunked.
+    """Uniformity of the normalised rows, chunked: ``log mean_{i<j} exp(-t ||x_i - x_j||^2)``.
 
-    SPEC §4 applies it to ``concat(v, t)``; see ``losses.uniformity`` for the
+    docs/method.md applies it to ``concat(v, t)``; ``losses.uniformity`` is the
     differentiable version used in training.
+
+    Args:
+      x: ``(N, D)`` rows (normalised here), ``N >= 2``.
+      t: the kernel's inverse width.
+
+    Returns:
+      The uniformity (lower is more uniform).
+
+    References:
+      Wang & Isola, *Understanding Contrastive Representation Learning through
+      Alignment and Uniformity on the Hypersphere*, ICML 2020.
+
+    Examples:
+      >>> import numpy as np
+      >>> from gmm_jax import metrics
+      >>> metrics.uniformity(np.array([[1.0, 0.0], [-1.0, 0.0]]))  # log exp(-2 * 4)
+      -8.0
     """
     x = _unit(x)
     n = x.shape[0]
@@ -227,7 +345,26 @@ def uniformity(x, t: float = 2.0) -> float:
 
 
 def alignment(v, t, alpha: float = 2.0) -> float:
-    """``mean_i ||v_i - t_i||^alpha`` over normalised pairs."""
+    """Alignment of the normalised pairs: ``mean_i ||v_i - t_i||^alpha``.
+
+    Args:
+      v: ``(N, D)`` image embeddings (normalised here).
+      t: ``(N, D)`` text embeddings paired with ``v``.
+      alpha: the exponent.
+
+    Returns:
+      The alignment (lower is closer).
+
+    References:
+      Wang & Isola, *Understanding Contrastive Representation Learning through
+      Alignment and Uniformity on the Hypersphere*, ICML 2020.
+
+    Examples:
+      >>> import numpy as np
+      >>> from gmm_jax import metrics
+      >>> round(metrics.alignment(np.array([[1.0, 0.0]]), np.array([[0.0, 1.0]])), 6)
+      2.0
+    """
     v, t = _check_pairs(v, t, "alignment")
     return float(np.mean(np.linalg.norm(v.astype(np.float64) - t, axis=1) ** alpha))
 
@@ -235,8 +372,29 @@ def alignment(v, t, alpha: float = 2.0) -> float:
 def linear_separability(v, t, seed: int = 0) -> float:
     """Test accuracy of a logistic regression telling images from texts.
 
-    80/20 random split (``seed``) of ``concat(v, t)`` labelled by modality;
-    0.5 means the modalities are indistinguishable, 1.0 a clean gap.
+    80/20 random split (``seed``) of ``concat(v, t)`` labelled by modality.
+
+    Args:
+      v: ``(N, D)`` image embeddings (normalised here).
+      t: ``(M, D)`` text embeddings (normalised here).
+      seed: the split's seed.
+
+    Returns:
+      Accuracy in ``[0, 1]``: 0.5 means the modalities are indistinguishable, 1.0 a
+      clean gap.
+
+    References:
+      Liang et al., *Mind the Gap: Understanding the Modality Gap in Multi-modal
+      Contrastive Representation Learning*, NeurIPS 2022.
+
+    Examples:
+      >>> import numpy as np
+      >>> from gmm_jax import metrics
+      >>> rng = np.random.default_rng(0)
+      >>> v = rng.normal(size=(50, 4)) + [3, 0, 0, 0]
+      >>> t = rng.normal(size=(50, 4)) - [3, 0, 0, 0]
+      >>> metrics.linear_separability(v, t)
+      1.0
     """
     from sklearn.linear_model import LogisticRegression
 
@@ -247,7 +405,8 @@ def linear_separability(v, t, seed: int = 0) -> float:
     n_train = int(round(0.8 * len(x)))
     train, test = order[:n_train], order[n_train:]
     if len(test) == 0 or len(np.unique(y[train])) < 2:
-        raise ValueError(f"linear_separability needs enough rows for an 80/20 split with both modalities, got {len(v)} + {len(t)}")
+        raise ValueError("linear_separability needs enough rows for an 80/20 split with both "
+                         f"modalities, got {len(v)} + {len(t)}")
     clf = LogisticRegression(max_iter=2000)
     clf.fit(x[train], y[train])
     return float(np.mean(clf.predict(x[test]) == y[test]))
@@ -267,6 +426,23 @@ def reliability_bins(confidences, correct, n_bins: int = 10) -> dict:
 
     A confidence ``c`` falls in bin ``ceil(c * n_bins) - 1`` (bins are
     ``(lo, hi]``, the first one closed at 0). Empty bins report NaN means.
+
+    Args:
+      confidences: ``(N,)`` top-1 confidences in ``[0, 1]``.
+      correct: ``(N,)`` bool, whether each top-1 prediction is right.
+      n_bins: the number of bins.
+
+    Returns:
+      ``{"edges": (n_bins + 1,), "count", "confidence", "accuracy": (n_bins,)}``.
+
+    References:
+      Guo et al., *On Calibration of Modern Neural Networks*, ICML 2017.
+
+    Examples:
+      >>> from gmm_jax import metrics
+      >>> bins = metrics.reliability_bins([0.1, 0.9, 0.95], [False, True, False], n_bins=2)
+      >>> bins["count"].tolist(), bins["accuracy"].tolist()
+      ([1.0, 2.0], [0.0, 0.5])
     """
     conf = np.asarray(confidences, np.float64).reshape(-1)
     ok = np.asarray(correct, np.float64).reshape(-1)
@@ -282,7 +458,26 @@ def reliability_bins(confidences, correct, n_bins: int = 10) -> dict:
 
 
 def calibration_error(confidences, correct, n_bins: int = 10) -> float:
-    """ECE: ``sum_b |B_b|/N * |acc(B_b) - conf(B_b)|`` over equal-width bins."""
+    """Expected calibration error ``sum_b |B_b|/N * |acc(B_b) - conf(B_b)|``.
+
+    Args:
+      confidences: ``(N,)`` top-1 confidences in ``[0, 1]``.
+      correct: ``(N,)`` bool, whether each top-1 prediction is right.
+      n_bins: the number of equal-width bins (``reliability_bins``).
+
+    Returns:
+      The ECE in ``[0, 1]``.
+
+    References:
+      Naeini et al., *Obtaining Well Calibrated Probabilities Using Bayesian
+      Binning*, AAAI 2015; Guo et al., *On Calibration of Modern Neural Networks*,
+      ICML 2017.
+
+    Examples:
+      >>> from gmm_jax import metrics
+      >>> round(metrics.calibration_error([0.9, 0.9], [True, False]), 4)  # |0.5 - 0.9|
+      0.4
+    """
     bins = reliability_bins(confidences, correct, n_bins)
     filled = bins["count"] > 0
     weights = bins["count"][filled] / bins["count"].sum()
@@ -290,11 +485,31 @@ def calibration_error(confidences, correct, n_bins: int = 10) -> float:
 
 
 def expected_calibration_error(logits, labels, n_bins: int = 10) -> float:
-    """ECE of row-wise softmax over ``logits (N, C)`` against ``labels (N,)``, in [0, 1]."""
+    """ECE of the row-wise softmax of ``logits`` against ``labels``.
+
+    Args:
+      logits: ``(N, C)`` class scores.
+      labels: ``(N,)`` int true classes.
+      n_bins: the number of equal-width bins.
+
+    Returns:
+      The ECE in ``[0, 1]``.
+
+    References:
+      Guo et al., *On Calibration of Modern Neural Networks*, ICML 2017.
+
+    Examples:
+      >>> import numpy as np
+      >>> from gmm_jax import metrics
+      >>> logits = np.log([[0.8, 0.2], [0.8, 0.2]])  # confidence 0.8, one right
+      >>> round(metrics.expected_calibration_error(logits, [0, 1]), 4)
+      0.3
+    """
     logits = np.asarray(logits, np.float64)
     labels = np.asarray(labels, np.int64)
     if logits.ndim != 2 or labels.shape != (logits.shape[0],):
-        raise ValueError(f"expected logits (N, C) and labels (N,), got {logits.shape} and {labels.shape}")
+        raise ValueError(f"expected logits (N, C) and labels (N,), got {logits.shape} and "
+                         f"{labels.shape}")
     probs = _softmax(logits)
     return calibration_error(probs.max(axis=1), probs.argmax(axis=1) == labels, n_bins)
 
@@ -307,7 +522,26 @@ def retrieval_confidences(image_emb, text_emb, text_to_image, scale: float,
     query the max probability over captions, correct when the top caption is a
     positive; for each caption query likewise over images. Positives as in
     ``retrieval_recall`` (``text_groups``: identical captions interchangeable).
-    Returns ``{"i2t": (conf, correct), "t2i": (conf, correct)}``.
+
+    Args:
+      image_emb: ``(N, D)`` image embeddings (normalised here).
+      text_emb: ``(M, D)`` caption embeddings (normalised here).
+      text_to_image: ``(M,)`` int, the image of each caption.
+      scale: the logit scale ``1 / tau``.
+      text_groups: optional ``(M,)`` int text ids (``caption_groups``).
+
+    Returns:
+      ``{"i2t": (conf, correct), "t2i": (conf, correct)}``, arrays per query.
+
+    References:
+      Guo et al., *On Calibration of Modern Neural Networks*, ICML 2017.
+
+    Examples:
+      >>> import numpy as np
+      >>> from gmm_jax import metrics
+      >>> conf, correct = metrics.retrieval_confidences(np.eye(2), np.eye(2), [0, 1], 1.0)["i2t"]
+      >>> conf.round(4).tolist(), correct.tolist()
+      ([0.7311, 0.7311], [True, True])
     """
     img, txt, owner, groups = _check_retrieval(image_emb, text_emb, text_to_image, text_groups)
     table = _GroupImages(owner, groups, img.shape[0])
@@ -333,27 +567,64 @@ def retrieval_confidences(image_emb, text_emb, text_to_image, scale: float,
 # classification on frozen features
 
 def topk_accuracy(logits, labels, ks: Sequence[int] = (1, 5)) -> dict:
-    """Top-K accuracy in percent; ``{k: pct}``. K larger than C counts as C.
+    """Top-K accuracy in percent; K larger than C counts as C.
 
     Ties count against the query, as in ``retrieval_recall``: a wrong class scoring
     exactly the true class's logit ranks before it, so constant logits (a
     collapsed model) score 0 for K < C, not 100.
 
-    Example:
-      >>> topk_accuracy(np.zeros((4, 3)), [0, 1, 2, 0], ks=(1, 3))
+    Args:
+      logits: ``(N, C)`` class scores.
+      labels: ``(N,)`` int true classes.
+      ks: the K of top-K.
+
+    Returns:
+      ``{k: pct}``.
+
+    References:
+      Russakovsky et al., *ImageNet Large Scale Visual Recognition Challenge*, IJCV
+      2015 (top-1 / top-5 accuracy).
+
+    Examples:
+      >>> import numpy as np
+      >>> from gmm_jax import metrics
+      >>> metrics.topk_accuracy(np.zeros((4, 3)), [0, 1, 2, 0], ks=(1, 3))
       {1: 0.0, 3: 100.0}
     """
     logits = np.asarray(logits, np.float64)
     labels = np.asarray(labels, np.int64)
     if logits.ndim != 2 or labels.shape != (logits.shape[0],):
-        raise ValueError(f"expected logits (N, C) and labels (N,), got {logits.shape} and {labels.shape}")
+        raise ValueError(f"expected logits (N, C) and labels (N,), got {logits.shape} and "
+                         f"{labels.shape}")
     true_score = logits[np.arange(len(labels)), labels]
     rank = np.sum(logits >= true_score[:, None], axis=1) - 1  # minus the true class itself
     return {int(k): 100.0 * float(np.mean(rank < k)) for k in ks}
 
 
 def linear_probe_accuracy(train_x, train_y, test_x, test_y, c: float = 1.0) -> float:
-    """Top-1 accuracy (percent) of a logistic-regression probe on frozen features."""
+    """Top-1 accuracy (percent) of a logistic-regression probe on frozen features.
+
+    Args:
+      train_x: ``(N, D)`` training features (normalised here).
+      train_y: ``(N,)`` training labels.
+      test_x: ``(M, D)`` test features (normalised here).
+      test_y: ``(M,)`` test labels.
+      c: the inverse L2 regularisation strength.
+
+    Returns:
+      Test accuracy in percent.
+
+    References:
+      Radford et al., *Learning Transferable Visual Models From Natural Language
+      Supervision*, ICML 2021 (the linear-probe protocol).
+
+    Examples:
+      >>> import numpy as np
+      >>> from gmm_jax import metrics
+      >>> x, y = np.array([[1.0, 0.1], [0.9, 0.0], [0.1, 1.0], [0.0, 0.9]]), [0, 0, 1, 1]
+      >>> metrics.linear_probe_accuracy(x, y, x, y)
+      100.0
+    """
     from sklearn.linear_model import LogisticRegression
 
     clf = LogisticRegression(max_iter=1000, C=c)

@@ -65,6 +65,7 @@ def validate_config(config, reference=None) -> None:
     for k, choices in CHOICES.items():
         if k in flat and flat[k] not in choices:
             raise ValueError(f"config.{k}={flat[k]!r}; expected one of {list(choices)}")
+    losses.LossSpec.from_config(config.loss)  # the loss section's own checks (ranges)
     for k in ("batch_size", "log_every_steps", "checkpoint_every_steps"):
         if int(flat[k]) <= 0:
             raise ValueError(f"config.{k}={flat[k]} must be > 0")

@@ -12,7 +12,7 @@ import logging
 import signal
 import sys
 import time
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import jax
 import jax.numpy as jnp
@@ -156,13 +156,26 @@ class _Logger:
             self.writer.close()
 
 
-def _run_eval(config, model, params, tok, out_dir, scale, mesh):
-    try:
-        from gmm_jax import eval_lib
-    except ImportError as e:
-        log.warning("eval hook skipped: gmm_jax.eval_lib is not importable (%s)", e)
-        return None
-    return eval_lib.evaluate(model, params, tok, config, out_dir, scale=scale, mesh=mesh)
+def _eval_end(config, total: int) -> int:
+    """The step whose ``at_end`` suites run: ``total`` when ``config.eval_at_end``,
+    else -1 (no step)."""
+    return total if config.eval_at_end else -1
+
+
+def _eval_due_fn(config, total: int) -> Callable[[int], bool]:
+    """``due(step)``: True when a suite of ``config.eval`` is due at ``step``: its own
+    ``log_every`` (0 = ``config.eval_every_steps``) or, with ``config.eval_at_end``, its
+    ``at_end``. The schedule is read once (reading the eval config costs milliseconds)."""
+    from gmm_jax import eval_lib
+    schedule, end = eval_lib.suite_schedule(config), _eval_end(config, total)
+    return lambda step: bool(eval_lib.due_in(schedule, step, end))
+
+
+def _run_eval(config, model, params, tok, out_dir, scale, mesh, step, total):
+    """The in-training eval hook: only the suites due at ``step`` run."""
+    from gmm_jax import eval_lib
+    return eval_lib.evaluate(model, params, tok, config, out_dir, scale=scale, mesh=mesh,
+                             step=step, total_steps=_eval_end(config, total))
 
 
 # --------------------------------------------------------------------------- training
@@ -342,6 +355,7 @@ def _train(config, workdir, latest, mesh, ckpt, sigterm, lead):
                 f"it ({kept}). Lower config.optim.lr or set config.optim.grad_clip, and start "
                 f"a new --workdir (with --config.init={workdir} to go on from that checkpoint)")
 
+    eval_due = _eval_due_fn(config, total)
     try:
         for step in range(start + 1, total + 1):
             batch = next(it)
@@ -360,11 +374,11 @@ def _train(config, workdir, latest, mesh, ckpt, sigterm, lead):
             if save_now:
                 ckpt.save(step, state, it.get_state(), config_to_json(config))
                 last_saved = step
-            every = int(config.eval_every_steps)
-            if (every > 0 and step % every == 0) or (step == total and config.eval_at_end):
+            if eval_due(step):
                 scale = float(scale_fn(state["params"], state["step"]))
                 _run_eval(config, model, state["params"], tok,
-                          paths.join(workdir, f"eval_step_{step}"), scale, mesh)
+                          paths.join(workdir, f"eval_step_{step}"), scale, mesh,
+                          step, total)
             if stopping:
                 log.warning("SIGTERM: saved step %d, stopping (resumable)", step)
                 break

@@ -13,7 +13,7 @@ from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 from gmm_jax import losses
 from gmm_jax.models import CLIP
 
-TEMPERATURES = ("learned", "fixed", "schedule", "softplus", "exp")
+TEMPERATURES = losses.TEMPERATURES  # defined once, in loss_spec
 BATCH_AXES = ("data", "fsdp")  # mesh axes the batch is split over
 _FSDP_MIN_SIZE = 2 ** 14  # smaller arrays (biases, step, rng) stay replicated
 
@@ -64,9 +64,7 @@ def param_sharding(x, mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, P())
 
 
-def l2_normalize(x: jax.Array) -> jax.Array:
-    x = x.astype(jnp.float32)
-    return x * jax.lax.rsqrt(jnp.maximum(jnp.sum(x * x, axis=-1, keepdims=True), 1e-24))
+l2_normalize = losses.l2_normalize  # the one row normalisation (loss_kernels)
 
 
 def temperature_fns(loss_cfg, total_steps: int):
@@ -74,12 +72,10 @@ def temperature_fns(loss_cfg, total_steps: int):
     the post-update rule for ``params["logit_scale"]`` (clamped to
     ``exp(max_logit_scale)`` for trained modes; set to ``log(scale)`` for fixed /
     scheduled ones so the checkpoint carries the scale it was trained with)."""
-    mode = loss_cfg.temperature
-    if mode not in TEMPERATURES:
-        raise ValueError(f"config.loss.temperature={mode!r}; expected one of {TEMPERATURES}")
-    s = float(loss_cfg.temp_exp_s)
-    if mode in ("learned", "softplus", "exp"):
-        cap = float(losses.param_from_scale(mode, math.exp(float(loss_cfg.max_logit_scale)), s))
+    spec = losses.LossSpec.from_config(loss_cfg)  # validates, naming the config key
+    mode, s = spec.temperature, spec.temp_exp_s
+    if mode in losses.TRAINED_TEMPERATURES:
+        cap = float(losses.param_from_scale(mode, math.exp(spec.max_logit_scale), s))
 
         def scale_fn(params, step):
             return losses.scale_from_param(mode, params["logit_scale"], s)
@@ -89,9 +85,9 @@ def temperature_fns(loss_cfg, total_steps: int):
         return scale_fn, fix_fn
     if mode == "fixed":
         def scale_fn(params, step):
-            return jnp.asarray(1.0 / float(loss_cfg.tau), jnp.float32)
+            return jnp.asarray(1.0 / spec.tau, jnp.float32)
     else:
-        tau = losses.tau_schedule(float(loss_cfg.tau_start), float(loss_cfg.tau_end), total_steps)
+        tau = losses.tau_schedule(spec.tau_start, spec.tau_end, total_steps)
 
         def scale_fn(params, step):
             return 1.0 / jnp.asarray(tau(step), jnp.float32)
@@ -104,11 +100,11 @@ def temperature_fns(loss_cfg, total_steps: int):
 def init_temperature_param(params, loss_cfg):
     """Fresh runs: re-express the checkpoint's OpenAI ``logit_scale`` (log scale) in the
     parameterisation of ``loss.temperature`` (identity for ``learned``)."""
-    mode = loss_cfg.temperature
-    if mode in ("softplus", "exp"):
+    spec = losses.LossSpec.from_config(loss_cfg)
+    if spec.temperature in ("softplus", "exp"):
         scale = jnp.exp(jnp.asarray(params["logit_scale"], jnp.float32))
         params = {**params, "logit_scale": losses.param_from_scale(
-            mode, scale, float(loss_cfg.temp_exp_s))}
+            spec.temperature, scale, spec.temp_exp_s)}
     return params
 
 

@@ -8,7 +8,7 @@ import jax
 import numpy as np
 import pytest
 
-from gmm_jax import captioning as C
+from gmm_jax import captioning
 from gmm_jax.captioning import decode
 from gmm_jax.captioning.generate import decoder_step_fn, make_generate_fn
 from gmm_jax.captioning.model import Captioner, sequence_log_prob, target_mask
@@ -19,7 +19,7 @@ CAPTIONS = ["a red square on the left", "two blue circles", "a small green trian
 
 
 def tiny_cfg(**kw):
-    cfg = C.captioning_config()
+    cfg = captioning.captioning_config()
     cfg.update(dict(prefix_length=2, width=32, layers=1, heads=2, max_length=16, steps=100,
                     batch_size=4, lr=1e-2, warmup_frac=0.1, weight_decay=0.0, beam_size=3,
                     decode_batch_size=3, num_samples=2, java_metrics=""))
@@ -68,11 +68,11 @@ def test_decoder_overfits_a_tiny_set(tokenizer):
     """4 embeddings -> their 4 captions, exactly, with greedy and with beam search."""
     emb = np.random.default_rng(0).normal(size=(4, 16)).astype(np.float32)
     cfg = tiny_cfg()
-    model, params, losses = C.train_captioner(emb, [[c] for c in CAPTIONS], tokenizer, cfg)
+    model, params, losses = captioning.train_captioner(emb, [[c] for c in CAPTIONS], tokenizer, cfg)
     assert losses[-1] < 0.05 * losses[0]
     for beam in (1, 3):
         cfg.beam_size = beam
-        assert C.generate_captions(model, params, emb, tokenizer, cfg) == CAPTIONS
+        assert captioning.generate_captions(model, params, emb, tokenizer, cfg) == CAPTIONS
 
 
 def test_beam_one_equals_greedy(random_captioner):
@@ -141,8 +141,8 @@ HYPS_TOK = ["a man rides a horse", "two dogs in the snow", "a plate with broccol
 
 
 def test_simple_tokenize():
-    assert [C.simple_tokenize(h) for h in HYPS] == HYPS_TOK
-    assert C.simple_tokenize("  Don't  STOP--now!! ") == "dont stop now"
+    assert [captioning.simple_tokenize(h) for h in HYPS] == HYPS_TOK
+    assert captioning.simple_tokenize("  Don't  STOP--now!! ") == "dont stop now"
 
 
 def test_metric_wiring_equals_pycocoevalcap(caplog):
@@ -156,7 +156,7 @@ def test_metric_wiring_equals_pycocoevalcap(caplog):
             "rouge_l": Rouge().compute_score(gts, res)[0],
             "cider": Cider().compute_score(gts, res)[0]}
     with caplog.at_level(logging.INFO, logger="gmm_jax.captioning.scores"):
-        got = C.caption_scores(REFS, HYPS, java_metrics=("meteor",), java=None)
+        got = captioning.caption_scores(REFS, HYPS, java_metrics=("meteor",), java=None)
     assert got.keys() == want.keys()
     for k in want:
         assert got[k] == pytest.approx(want[k], rel=1e-12), k
@@ -164,7 +164,7 @@ def test_metric_wiring_equals_pycocoevalcap(caplog):
     skipped = [r for r in caplog.records if "skipped" in r.getMessage()]
     assert len(skipped) == 1 and "meteor" in skipped[0].getMessage()
     with pytest.raises(ValueError, match="2 hypotheses for 3 images"):
-        C.caption_scores(REFS, HYPS[:2])
+        captioning.caption_scores(REFS, HYPS[:2])
 
 
 def _images(n, size=32, seed=0):
@@ -184,16 +184,16 @@ def tiny_clip():
 def test_cached_embeddings_equal_a_fresh_encoding(tiny_clip, tmp_path):
     model, params = tiny_clip
     images = _images(7)
-    fp = C.params_fingerprint(params)
-    enc = C.clip_image_encoder(model, params, batch_size=4)
+    fp = captioning.params_fingerprint(params)
+    enc = captioning.clip_image_encoder(model, params, batch_size=4)
     batches = [images[:3], images[3:]]
-    first = C.cached_image_embeddings(enc, batches, cache_dir=str(tmp_path), fingerprint=fp,
-                                      split="demo:test")
+    first = captioning.cached_image_embeddings(enc, batches, cache_dir=str(tmp_path),
+                                               fingerprint=fp, split="demo:test")
 
     def fail(_):
         raise AssertionError("the image tower ran although the embeddings are cached")
-    again = C.cached_image_embeddings(fail, lambda: fail(None), cache_dir=str(tmp_path),
-                                      fingerprint=fp, split="demo:test")
+    again = captioning.cached_image_embeddings(fail, lambda: fail(None), cache_dir=str(tmp_path),
+                                               fingerprint=fp, split="demo:test")
     # Fresh: one unpadded, un-jitted pass over all images, normalised in float64.
     fresh = np.asarray(model.apply({"params": params}, images, method=model.encode_image),
                        np.float64)
@@ -202,14 +202,15 @@ def test_cached_embeddings_equal_a_fresh_encoding(tiny_clip, tmp_path):
     assert np.array_equal(first, again)
     # Other parameters or another split: another file, so recomputed.
     other = jax.tree.map(lambda x: x * 1.5, params)
-    assert C.params_fingerprint(other) != fp
-    assert C.params_fingerprint(jax.tree.map(np.array, params)) == fp
-    C.cached_image_embeddings(C.clip_image_encoder(model, other), batches,
-                              cache_dir=str(tmp_path), fingerprint=C.params_fingerprint(other),
-                              split="demo:test")
+    assert captioning.params_fingerprint(other) != fp
+    assert captioning.params_fingerprint(jax.tree.map(np.array, params)) == fp
+    captioning.cached_image_embeddings(captioning.clip_image_encoder(model, other), batches,
+                                       cache_dir=str(tmp_path),
+                                       fingerprint=captioning.params_fingerprint(other),
+                                       split="demo:test")
     assert len([f for _, _, fs in os.walk(tmp_path) for f in fs]) == 2
     with pytest.raises(ValueError, match=r"returned shape \(2, 32\) for image batch 0"):
-        C.embed_images(lambda x: np.zeros((2, 32)), [images[:3]])
+        captioning.embed_images(lambda x: np.zeros((2, 32)), [images[:3]])
 
 
 def test_captioning_metrics_end_to_end(tokenizer, tmp_path):
@@ -219,7 +220,7 @@ def test_captioning_metrics_end_to_end(tokenizer, tmp_path):
     train_caps = [[CAPTIONS[i % 4], CAPTIONS[(i + 1) % 4]] for i in range(10)]
     test_caps = [[CAPTIONS[i % 4]] for i in range(5)]
     cfg = tiny_cfg(steps=5, beam_size=1, max_test_images=4, cache_dir=str(tmp_path))
-    metrics, md = C.captioning_metrics(
+    metrics, md = captioning.captioning_metrics(
         encode, lambda: iter([_images(6, seed=1), _images(4, seed=2)]), train_caps,
         [_images(5, seed=3)], test_caps, tokenizer, cfg, fingerprint="fp0", java=None)
     for k in ("bleu1", "bleu2", "bleu3", "bleu4", "rouge_l", "cider"):
@@ -232,23 +233,25 @@ def test_captioning_metrics_end_to_end(tokenizer, tmp_path):
 
 
 def test_config_errors_name_the_key():
-    cfg = C.captioning_config()
-    C.check_config(cfg)
+    cfg = captioning.captioning_config()
+    captioning.check_config(cfg)
     cfg.width = 30
     cfg.heads = 4
     with pytest.raises(ValueError, match=r"captioning\.width=30 is not divisible by heads=4"):
-        C.check_config(cfg)
-    cfg = C.captioning_config()
+        captioning.check_config(cfg)
+    cfg = captioning.captioning_config()
     cfg.java_metrics = "meteor,bleu"
     with pytest.raises(ValueError, match=r"java_metrics.*\['bleu'\]"):
-        C.check_config(cfg)
+        captioning.check_config(cfg)
     with pytest.raises(ValueError, match=r"embeddings \(3, 4\) must be \(N, D\) with N = "
                                          r"len\(captions\) = 2"):
-        C.train_captioner(np.zeros((3, 4)), [["a"], ["b"]], None, C.captioning_config())
+        captioning.train_captioner(np.zeros((3, 4)), [["a"], ["b"]], None,
+                                   captioning.captioning_config())
 
 
 def test_captions_by_image_groups_in_image_order():
     from types import SimpleNamespace
+
     from gmm_jax.captioning.suite import captions_by_image
     split = SimpleNamespace(num_images=3, captions=["a0", "a1", "b0", "c0", "c1", "c2"],
                             text_to_image=np.array([0, 0, 1, 2, 2, 2], np.int32))
@@ -258,5 +261,5 @@ def test_captions_by_image_groups_in_image_order():
 def test_mismatched_test_embeddings_are_named():
     with pytest.raises(ValueError, match=r"test embeddings \(2, 5\) do not match the "
                                          r"training embeddings \(3, 4\)"):
-        C.captioning_from_embeddings(np.zeros((3, 4)), [["a"]] * 3, np.zeros((2, 5)),
-                                     [["a"]] * 2, None, C.captioning_config())
+        captioning.captioning_from_embeddings(np.zeros((3, 4)), [["a"]] * 3, np.zeros((2, 5)),
+                                     [["a"]] * 2, None, captioning.captioning_config())

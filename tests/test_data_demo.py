@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from gmm_jax.data import demo, demo_render as R
+from gmm_jax.data import demo, demo_render
 
 SIZES = {"source_train": 40, "source_test": 12, "target_train": 24, "target_test": 12,
          "shift_background": 12, "shift_combo": 12}
@@ -56,7 +56,7 @@ def test_examples_match_the_renderer(built):
     rows = _read(built, "target_train")
     by_caps = {tuple(r["captions"]): r for r in rows}
     for i in range(SIZES["target_train"]):
-        ex = R.make_example("target_train", i, seed=0)
+        ex = demo_render.make_example("target_train", i, seed=0)
         row = by_caps[tuple(c.encode() for c in ex["captions"])]
         assert np.array_equal(row["image"], ex["image"])
         for k in ("shape", "colour", "size", "position", "background", "style", "count"):
@@ -70,9 +70,9 @@ def _plural(word):
 def test_captions_mention_true_attributes(built):
     for split in SIZES:
         for ex in _read(built, split):
-            shape = R.SHAPES[ex["shape"]]
-            colour, size = R.COLOURS[ex["colour"]], R.SIZES[ex["size"]]
-            pos = R.POSITIONS[ex["position"]]
+            shape = demo_render.SHAPES[ex["shape"]]
+            colour, size = demo_render.COLOURS[ex["colour"]], demo_render.SIZES[ex["size"]]
+            pos = demo_render.POSITIONS[ex["position"]]
             caps = [c.decode() for c in ex["captions"]]
             assert len(set(caps)) == 5, caps  # paraphrases, not copies
             for c in caps:
@@ -82,23 +82,23 @@ def test_captions_mention_true_attributes(built):
                 assert want in words, c
                 assert ("two" in words) == (ex["count"] == 2), c
                 # no other shape or colour word sneaks in
-                assert not (set(R.COLOURS) - {colour}) & set(words), c
-                assert not (set(R.SHAPES) - {shape}) & set(words), c
+                assert not (set(demo_render.COLOURS) - {colour}) & set(words), c
+                assert not (set(demo_render.SHAPES) - {shape}) & set(words), c
 
 
 def test_distribution_shifts(built):
     seen = {s: {k: set() for k in ("background", "style", "count", "combo")} for s in SIZES}
     for split in SIZES:
         for ex in _read(built, split):
-            seen[split]["background"].add(R.BACKGROUNDS[ex["background"]])
+            seen[split]["background"].add(demo_render.BACKGROUNDS[ex["background"]])
             seen[split]["style"].add(int(ex["style"]))
             seen[split]["count"].add(int(ex["count"]))
             seen[split]["combo"].add((int(ex["shape"]), int(ex["colour"])))
     train_like = ("source_train", "source_test", "target_train", "target_test",
                   "shift_background")
     for s in train_like:
-        assert not seen[s]["combo"] & R.HELD_OUT_COMBOS, s
-    assert seen["shift_combo"]["combo"] <= R.HELD_OUT_COMBOS
+        assert not seen[s]["combo"] & demo_render.HELD_OUT_COMBOS, s
+    assert seen["shift_combo"]["combo"] <= demo_render.HELD_OUT_COMBOS
     train_bgs = set().union(*(seen[s]["background"] for s in ("source_train", "target_train")))
     assert not seen["shift_background"]["background"] & train_bgs
     assert seen["source_train"]["background"] != seen["target_train"]["background"]
@@ -108,19 +108,21 @@ def test_distribution_shifts(built):
 def test_render_is_not_trivial():
     """Shapes differ visibly: same scene but another shape changes the object pixels."""
     rng = np.random.default_rng(0)
-    scene = R.sample_scene(rng, "source_train")
+    scene = demo_render.sample_scene(rng, "source_train")
     scene.update(background=0, style=0, count=1, size=1)
     imgs = []
-    for s in range(len(R.SHAPES)):
-        imgs.append(R.render_scene(dict(scene, shape=s)).astype(float))
+    for s in range(len(demo_render.SHAPES)):
+        imgs.append(demo_render.render_scene(dict(scene, shape=s)).astype(float))
     for a, b in itertools.combinations(range(len(imgs)), 2):
-        assert np.abs(imgs[a] - imgs[b]).sum() > 255 * 20, (R.SHAPES[a], R.SHAPES[b])
+        assert np.abs(imgs[a] - imgs[b]).sum() > 255 * 20, (demo_render.SHAPES[a],
+                                                             demo_render.SHAPES[b])
 
 
 def _brute_force_triples(attrs, swap=("shape", "colour", "size", "position")):
     keys = demo.ARITHMETIC_ATTRIBUTES
     n = len(attrs["shape"])
-    words = {"shape": R.SHAPES, "colour": R.COLOURS, "size": R.SIZES, "position": R.POSITIONS}
+    words = {"shape": demo_render.SHAPES, "colour": demo_render.COLOURS,
+             "size": demo_render.SIZES, "position": demo_render.POSITIONS}
     out = set()
     for i in range(n):
         for attr in swap:

@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from gmm_jax import eval_suites as S
+from gmm_jax import eval_suites
 from gmm_jax.data.demo import ArithmeticTriple
 
 
@@ -18,22 +18,22 @@ def _rand(n, d, seed):
 def test_protocols():
     t2i = np.array([0, 0, 1, 2, 1, 2, 2])
     txt = _rand(7, 4, 0)
-    assert S.first_caption_index(t2i, 3).tolist() == [0, 2, 3]
-    t, o = S.apply_protocol(txt, t2i, 3, "first_caption")
+    assert eval_suites.first_caption_index(t2i, 3).tolist() == [0, 2, 3]
+    t, o = eval_suites.apply_protocol(txt, t2i, 3, "first_caption")
     np.testing.assert_array_equal(t, txt[[0, 2, 3]])
     assert o.tolist() == [0, 1, 2]
-    t, o = S.apply_protocol(txt, t2i, 3, "karpathy")
+    t, o = eval_suites.apply_protocol(txt, t2i, 3, "karpathy")
     assert t.shape == (7, 4) and o.tolist() == t2i.tolist()
     with pytest.raises(ValueError, match="images \\[3\\]"):
-        S.first_caption_index(t2i, 4)
+        eval_suites.first_caption_index(t2i, 4)
     with pytest.raises(ValueError, match="protocol"):
-        S.apply_protocol(txt, t2i, 3, "coco")
+        eval_suites.apply_protocol(txt, t2i, 3, "coco")
 
 
 def test_retrieval_suite_keys_and_brute_force():
     img, txt = _rand(12, 8, 1), _rand(36, 8, 2)
     t2i = np.repeat(np.arange(12), 3)
-    out = S.retrieval_suite(img, txt, t2i)
+    out = eval_suites.retrieval_suite(img, txt, t2i)
     sims = _unit64(img) @ _unit64(txt).T
     # brute force R@1: top caption belongs to the image / top image owns the caption
     i2t1 = 100 * np.mean(t2i[sims.argmax(1)] == np.arange(12))
@@ -46,7 +46,7 @@ def test_retrieval_suite_keys_and_brute_force():
 
 def test_geometry_suite_brute_force():
     v, t = _rand(40, 6, 3), _rand(40, 6, 4)
-    out = S.geometry_suite(v, t)
+    out = eval_suites.geometry_suite(v, t)
     v64, t64 = _unit64(v), _unit64(t)
     assert out["gap/centroid_distance"] == pytest.approx(np.linalg.norm(v64.mean(0) - t64.mean(0)), rel=1e-5)
     assert out["gap/mean_positive_cosine"] == pytest.approx(np.mean(np.sum(v64 * t64, 1)), rel=1e-5)
@@ -64,7 +64,7 @@ def test_calibration_suite_brute_force():
     txt = img + 0.8 * rng.normal(size=img.shape)
     t2i = np.arange(30)
     scale = 20.0
-    out, bins = S.calibration_suite(img, txt, t2i, scale, n_bins=10)
+    out, bins = eval_suites.calibration_suite(img, txt, t2i, scale, n_bins=10)
     logits = scale * _unit64(img) @ _unit64(txt).T
 
     def ece(lg, correct_fn):
@@ -90,29 +90,30 @@ def test_calibration_suite_brute_force():
 def test_class_weights_and_zeroshot_brute_force():
     C, T, D = 5, 3, 8
     emb = _rand(C * T, D, 7)
-    w = S.class_weights(emb, C)
+    w = eval_suites.class_weights(emb, C)
     ref = np.stack([_unit64(_unit64(emb[c * T:(c + 1) * T]).mean(0)) for c in range(C)])
     np.testing.assert_allclose(w, ref, atol=1e-6)
     img = _rand(50, D, 8)
     labels = np.random.default_rng(9).integers(0, C, 50)
-    out, bins = S.zeroshot_suite(img, labels, w, 30.0, prefix="zeroshot/x")
+    out, bins = eval_suites.zeroshot_suite(img, labels, w, 30.0, prefix="zeroshot/x")
     logits = _unit64(img) @ ref.T
     assert out["zeroshot/x/top1"] == pytest.approx(100 * np.mean(logits.argmax(1) == labels))
     top5 = np.argsort(-logits, 1)[:, :5]
     assert out["zeroshot/x/top5"] == pytest.approx(100 * np.mean((top5 == labels[:, None]).any(1)))
     assert 0 <= out["zeroshot/x/ece"] <= 1 and bins["count"].sum() == 50
     with pytest.raises(ValueError, match="classes"):
-        S.class_weights(emb[:-1], C)
+        eval_suites.class_weights(emb[:-1], C)
 
 
 def test_kshot_indices():
     labels = np.array([0] * 10 + [1] * 3 + [2] * 7)
-    idx = S.kshot_indices(labels, 4, seed=1)
+    idx = eval_suites.kshot_indices(labels, 4, seed=1)
     counts = np.bincount(labels[idx])
     assert counts.tolist() == [4, 3, 4]  # class 1 has only 3
     assert len(set(idx)) == len(idx)
-    np.testing.assert_array_equal(idx, S.kshot_indices(labels, 4, seed=1))
-    assert not np.array_equal(S.kshot_indices(labels, 4, 1), S.kshot_indices(labels, 4, 2))
+    np.testing.assert_array_equal(idx, eval_suites.kshot_indices(labels, 4, seed=1))
+    assert not np.array_equal(eval_suites.kshot_indices(labels, 4, 1),
+                              eval_suites.kshot_indices(labels, 4, 2))
 
 
 def test_fewshot_suite_separable_and_chance():
@@ -120,11 +121,11 @@ def test_fewshot_suite_separable_and_chance():
     centres = 5 * np.eye(4, 16)
     y = rng.integers(0, 4, 200)
     x = centres[y] + 0.3 * rng.normal(size=(200, 16))
-    out = S.fewshot_suite(x[:100], y[:100], x[100:], y[100:], ks=(1, 4), seeds=(0, 1))
+    out = eval_suites.fewshot_suite(x[:100], y[:100], x[100:], y[100:], ks=(1, 4), seeds=(0, 1))
     assert out["fewshot/k1"] > 95 and out["fewshot/k4"] > 95
     assert set(out) == {"fewshot/k1", "fewshot/k1_std", "fewshot/k4", "fewshot/k4_std"}
     noise = rng.normal(size=(200, 16))  # labels unrelated to features: near chance
-    out = S.fewshot_suite(noise[:100], y[:100], noise[100:], y[100:], ks=(8,), seeds=(0,))
+    out = eval_suites.fewshot_suite(noise[:100], y[:100], noise[100:], y[100:], ks=(8,), seeds=(0,))
     assert out["fewshot/k8"] < 60
 
 
@@ -133,7 +134,7 @@ def test_arithmetic_neighbours_brute_force():
     src = np.array([0, 3, 3, 19])
     delta = _rand(4, 6, 12) * 0.3
     lams = (0.5, 2.0)
-    nb = S.arithmetic_neighbours(img, src, delta, lams, chunk=3)
+    nb = eval_suites.arithmetic_neighbours(img, src, delta, lams, chunk=3)
     u = _unit64(img)
     for li, lam in enumerate(lams):
         for q in range(4):
@@ -153,7 +154,7 @@ def test_demo_arithmetic_perfect_and_brute_force():
                ArithmeticTriple(0, "shape", "circle", "square", (2,)),
                ArithmeticTriple(3, "colour", "blue", "red", (2,))]
     # word embeddings equal to the raw vectors: the suite normalises them
-    out = S.demo_arithmetic_suite(img, triples, words, lams=(0.5, 1.0, 2.0))
+    out = eval_suites.demo_arithmetic_suite(img, triples, words, lams=(0.5, 1.0, 2.0))
     assert out["arithmetic/demo/num_queries"] == 3
     # brute-force the same score
     best = 0.0
@@ -168,7 +169,7 @@ def test_demo_arithmetic_perfect_and_brute_force():
         best = max(best, 100 * np.mean(ok))
     assert out["arithmetic/demo/score"] == pytest.approx(best)
     assert best > 60  # the construction is solvable
-    assert S.demo_arithmetic_suite(img, [], words) == {"arithmetic/demo/num_queries": 0.0}
+    assert eval_suites.demo_arithmetic_suite(img, [], words) == {"arithmetic/demo/num_queries": 0.0}
 
 
 def test_simat_suite_weights_brute_force():
@@ -181,7 +182,7 @@ def test_simat_suite_weights_brute_force():
     norm2 = np.array([1.0, 4.0, 9.0])
     sim = rng.uniform(size=(10, 3))
     lams = (1.0, 3.0)
-    out = S.simat_suite(img, src, vw, tw, tid, norm2, sim, words, lams)
+    out = eval_suites.simat_suite(img, src, vw, tw, tid, norm2, sim, words, lams)
     w = 1 / np.sqrt(norm2)
     w /= w.sum()
     u = _unit64(img)
@@ -203,5 +204,5 @@ def test_zeroshot_collapsed_model_is_not_perfect():
     same): ties count against the true class, top-1 and top-5 of 10 classes are 0."""
     labels = np.arange(40) % 10
     img = np.ones((40, 6))
-    res, _ = S.zeroshot_suite(img, labels, np.ones((10, 6)), 20.0, prefix="z")
+    res, _ = eval_suites.zeroshot_suite(img, labels, np.ones((10, 6)), 20.0, prefix="z")
     assert res["z/top1"] == 0.0 and res["z/top5"] == 0.0

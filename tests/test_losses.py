@@ -1,4 +1,5 @@
 """gmm_jax.losses against float64 NumPy restatements of SPEC §1-§3."""
+import dataclasses
 import math
 
 import jax
@@ -245,3 +246,44 @@ def test_recipe_swap_changes_embeddings_only_when_enabled():
     on, _ = losses.build_objective(_cfg(swap="soft", swap_p=1.0))(*args)
     assert float(off) == pytest.approx(float(base), rel=1e-6)
     assert abs(float(on) - float(base)) > 1e-3
+
+
+# --- the loss specification -------------------------------------------------
+
+def test_loss_spec_defaults_are_the_packaged_config():
+    """LossSpec's defaults (used for keys a partial config leaves out) are those of
+    gmm_jax/configs/default.py, field for field."""
+    from gmm_jax import run_config
+    from gmm_jax.loss_spec import LossSpec
+    config_loss = run_config.default_config().loss.to_dict()
+    assert LossSpec.from_config(config_loss) == LossSpec()
+    assert LossSpec.from_config({}) == LossSpec()
+    assert sorted(config_loss) == sorted(f.name for f in dataclasses.fields(LossSpec))
+
+
+@pytest.mark.parametrize("key,value,match", [
+    ("method", "mixup", "config.loss.method='mixup': expected one of"),
+    ("swap", "both", "config.loss.swap='both'"),
+    ("temperature", "warm", "config.loss.temperature='warm'"),
+    ("swap_p", 1.5, "config.loss.swap_p=1.5"),
+    ("beta_m2", 0.0, "config.loss.beta_m2=0.0"),
+    ("c_m2", "lots", "config.loss.c_m2='lots': expected a number"),
+    ("metod", "clip", r"unknown key\(s\) \['metod'\]"),
+])
+def test_loss_spec_errors_name_the_key(key, value, match):
+    from gmm_jax.loss_spec import LossSpec
+    with pytest.raises(ValueError, match=match):
+        LossSpec.from_config({key: value})
+
+
+def test_loss_spec_is_frozen_and_accepted_by_build_objective():
+    from gmm_jax.loss_spec import LossSpec
+    spec = LossSpec.from_config(_cfg(method="m3mix", c_vl=0.2))
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        spec.method = "clip"
+    v, t, _ = _inputs(8, 16, 5)
+    args = (jnp.asarray(v, jnp.float32), jnp.asarray(t, jnp.float32), 10.0,
+            jax.random.key(1), 2)
+    from_spec = losses.build_objective(spec)(*args)[0]
+    from_cfg = losses.build_objective(_cfg(method="m3mix", c_vl=0.2))(*args)[0]
+    assert float(from_spec) == float(from_cfg)

@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from gmm_jax import optim, train_lib, train_state as ts
+from gmm_jax import optim, train_lib, train_state
 from gmm_jax.models import CLIP, init_params, presets
 from tests.train_step_setup import flat_leaves
 
@@ -101,8 +101,9 @@ def test_gradient_clipping_and_accumulation():
 def test_trained_temperature_is_clamped(mode):
     cfg = train_lib.default_config().loss
     cfg.temperature = mode
-    scale_fn, fix_fn = ts.temperature_fns(cfg, 100)
-    params = ts.init_temperature_param({"logit_scale": jnp.asarray(math.log(1 / 0.07))}, cfg)
+    scale_fn, fix_fn = train_state.temperature_fns(cfg, 100)
+    params = train_state.init_temperature_param(
+        {"logit_scale": jnp.asarray(math.log(1 / 0.07))}, cfg)
     assert float(scale_fn(params, 0)) == pytest.approx(1 / 0.07, rel=1e-5)
     big = {"logit_scale": params["logit_scale"] + 500.0}
     assert float(scale_fn(fix_fn(big, None), 0)) == pytest.approx(100.0, rel=1e-4)
@@ -112,12 +113,12 @@ def test_trained_temperature_is_clamped(mode):
 def test_fixed_and_scheduled_temperature():
     cfg = train_lib.default_config().loss
     cfg.temperature, cfg.tau = "fixed", 0.02
-    scale_fn, fix_fn = ts.temperature_fns(cfg, 100)
+    scale_fn, fix_fn = train_state.temperature_fns(cfg, 100)
     assert float(scale_fn({}, 7)) == pytest.approx(50.0)
     fixed = fix_fn({"logit_scale": jnp.asarray(0.0)}, scale_fn({}, 7))
     assert float(fixed["logit_scale"]) == pytest.approx(math.log(50.0), rel=1e-6)
     cfg.temperature, cfg.tau_start, cfg.tau_end = "schedule", 0.01, 0.05
-    scale_fn, _ = ts.temperature_fns(cfg, 100)
+    scale_fn, _ = train_state.temperature_fns(cfg, 100)
     for step in (0, 25, 100, 150):
         tau = 0.01 + 0.04 * min(step, 100) / 100
         assert float(scale_fn({}, step)) == pytest.approx(1 / tau, rel=1e-5), step

@@ -13,7 +13,7 @@ import jax
 import numpy as np
 import pytest
 
-from gmm_jax import losses, train_state as ts
+from gmm_jax import losses, train_state
 from gmm_jax.distributed_loss import local_objective
 from tests.train_step_setup import assert_grads_close, loss_config, run_step
 
@@ -59,7 +59,7 @@ def test_local_objective_values_and_gradients(method, swap, form):
     global batch: value, every aux term and the gradient taken from outside."""
     cfg = loss_config(method)
     cfg.swap, cfg.swap_p, cfg.mix_form = swap, 0.7, form
-    mesh = ts.make_mesh(("data",), (8,))
+    mesh = train_state.make_mesh(("data",), (8,))
     rng = np.random.default_rng(1)
     v = rng.normal(size=(24, 16)).astype(np.float32)
     t = (v + rng.normal(size=(24, 16))).astype(np.float32)
@@ -73,7 +73,7 @@ def test_local_objective_values_and_gradients(method, swap, form):
         return jax.jit(jax.value_and_grad(lambda a, b: objective(a, b, scale, key, epoch)[0],
                                           argnums=(0, 1)))
 
-    sh = ts.batch_sharding(mesh)
+    sh = train_state.batch_sharding(mesh)
     (val_g, grads_g) = grad_of(glob)(v, t)
     (val_l, grads_l) = grad_of(local)(jax.device_put(v, sh), jax.device_put(t, sh))
     np.testing.assert_allclose(val_l, val_g, rtol=1e-5)

@@ -235,7 +235,7 @@ def test_cli_saves_the_interpolated_model_and_names_a_mismatch(runs, tmp_path):
 
 
 def test_report_chooses_id_and_ood_metrics_and_writes_files(tmp_path):
-    from gmm_jax import wise_ft_report as R
+    from gmm_jax import wise_ft_report
 
     def row(a, shift):
         return {"zeroshot/target/top1": 50 + 10 * a, "zeroshot/target/ece": 0.1 - 0.05 * a,
@@ -246,12 +246,12 @@ def test_report_chooses_id_and_ood_metrics_and_writes_files(tmp_path):
     alphas = [0.0, 0.5, 1.0]
     result = {"alphas": alphas, "metrics": {"ft": [row(a, 4) for a in alphas],
                                             "m2mix": [row(a, 2) for a in alphas]}}
-    id_key, ood, ece = R.choose_metrics(result["metrics"]["ft"][0])
+    id_key, ood, ece = wise_ft_report.choose_metrics(result["metrics"]["ft"][0])
     assert id_key == "zeroshot/target/top1"
     assert ood == ["zeroshot/shift1/top1", "zeroshot/shift2/top1"]
     assert ece == ["calibration/ece", "zeroshot/target/ece", "zeroshot/shift1/ece",
                    "zeroshot/shift2/ece"]
-    md = R.write(result, str(tmp_path), ood_metrics="zeroshot/shift1/top1")
+    md = wise_ft_report.write(result, str(tmp_path), ood_metrics="zeroshot/shift1/top1")
     table = [line for line in md.splitlines() if line.startswith("| 0.5 ")]
     # ft at alpha 0.5: ID 55, OOD 40 + 4 * 0.5 = 42, calibration ECE 0.1
     assert table[0].startswith("| 0.5 | 55.00 | 42.00 | 0.1000 |")
@@ -262,8 +262,8 @@ def test_report_chooses_id_and_ood_metrics_and_writes_files(tmp_path):
         assert os.path.getsize(tmp_path / f) > 0
     # A held-out run with only the ID set: no OOD metric, the figure shows ID vs alpha.
     only_id = {k: v for k, v in row(0, 0).items() if "shift" not in k}
-    assert R.choose_metrics(only_id)[1] == []
-    R.write({"alphas": [0.0], "metrics": {"ft": [only_id]}}, str(tmp_path / "heldout"))
+    assert wise_ft_report.choose_metrics(only_id)[1] == []
+    wise_ft_report.write({"alphas": [0.0], "metrics": {"ft": [only_id]}}, str(tmp_path / "heldout"))
     assert os.path.getsize(tmp_path / "heldout" / "wise_ft_id_ood.png") > 0
     with pytest.raises(wise_ft.WiseFTError, match="--ood-metrics: metric 'nope'"):
-        R.choose_metrics(only_id, ood_metrics="nope")
+        wise_ft_report.choose_metrics(only_id, ood_metrics="nope")

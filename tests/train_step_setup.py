@@ -4,7 +4,7 @@ import jax
 import numpy as np
 import optax
 
-from gmm_jax import losses, train_lib, train_state as ts
+from gmm_jax import losses, train_lib, train_state
 from gmm_jax.models import CLIP, init_params, presets
 
 GLOBAL_BATCH = 16
@@ -49,21 +49,22 @@ def loss_config(method: str):
 def make_step(method: str = "m2mix", loss_impl: str = "global", devices=None):
     """``(step, state, mesh, data_sharding)`` on a ``data`` mesh over ``devices``."""
     devices = list(jax.devices() if devices is None else devices)  # tuple: cacheable
-    mesh = ts.make_mesh(("data",), (len(devices),), devices)
+    mesh = train_state.make_mesh(("data",), (len(devices),), devices)
     cfg = loss_config(method)
     model = CLIP(presets.get_config("tiny"))
     params = init_params(model, jax.random.key(0))
     tx = optax.sgd(1.0)
-    state = ts.new_state(params, tx, seed=3)
-    shardings = ts.state_shardings(jax.eval_shape(lambda: state), mesh)
+    state = train_state.new_state(params, tx, seed=3)
+    shardings = train_state.state_shardings(jax.eval_shape(lambda: state), mesh)
     state = jax.device_put(state, shardings)
     if loss_impl == "local":
         from gmm_jax.distributed_loss import local_objective
-        objective = local_objective(cfg, mesh, ts.batch_axes(mesh))
+        objective = local_objective(cfg, mesh, train_state.batch_axes(mesh))
     else:
         objective = losses.build_objective(cfg)
-    step = ts.make_train_step(model, objective, tx, cfg, 10, lambda s: 1.0, mesh, shardings)
-    return step, state, mesh, ts.batch_sharding(mesh)
+    step = train_state.make_train_step(model, objective, tx, cfg, 10, lambda s: 1.0, mesh,
+                                       shardings)
+    return step, state, mesh, train_state.batch_sharding(mesh)
 
 
 def run_step(method: str, loss_impl: str, devices):

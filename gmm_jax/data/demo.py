@@ -18,18 +18,19 @@ import numpy as np
 import tensorflow_datasets as tfds
 from PIL import Image
 
-from gmm_jax.data import demo_render as R
+from gmm_jax.data import demo_render
 
 DEFAULT_SPLIT_SIZES = {
     "source_train": 10000, "source_test": 1000, "target_train": 4000, "target_test": 1000,
     "shift_background": 1000, "shift_combo": 1000,
 }
-CLASS_NAMES = R.SHAPES
+CLASS_NAMES = demo_render.SHAPES
 TEMPLATES = ("a photo of a {}.", "a drawing of a {}.", "a {} on a background.",
              "an image of a {}.", "a picture with a {}.")
 # Attributes a caption names; right answers of a swap must agree on all but the swapped one.
 ARITHMETIC_ATTRIBUTES = ("shape", "colour", "size", "position", "count")
-_WORDS = {"shape": R.SHAPES, "colour": R.COLOURS, "size": R.SIZES, "position": R.POSITIONS}
+_WORDS = {"shape": demo_render.SHAPES, "colour": demo_render.COLOURS,
+          "size": demo_render.SIZES, "position": demo_render.POSITIONS}
 
 
 @dataclasses.dataclass
@@ -50,7 +51,7 @@ def small_config(scale: float = 0.1, name: str | None = None) -> GmmDemoConfig:
 
 def _render(args):
     split, index, seed = args
-    ex = R.make_example(split, index, seed)
+    ex = demo_render.make_example(split, index, seed)
     buf = io.BytesIO()
     Image.fromarray(ex["image"]).save(buf, format="PNG")
     s = ex["scene"]
@@ -75,13 +76,15 @@ class GmmDemo(tfds.core.GeneratorBasedBuilder):
         cl = tfds.features.ClassLabel
         return self.dataset_info_from_configs(
             features=tfds.features.FeaturesDict({
-                "image": tfds.features.Image(shape=(R.IMAGE_SIZE, R.IMAGE_SIZE, 3),
-                                             encoding_format="png"),
+                "image": tfds.features.Image(
+                    shape=(demo_render.IMAGE_SIZE, demo_render.IMAGE_SIZE, 3),
+                    encoding_format="png"),
                 "captions": tfds.features.Sequence(tfds.features.Text()),
-                "label": cl(names=R.SHAPES),
-                "shape": cl(names=R.SHAPES), "colour": cl(names=R.COLOURS),
-                "size": cl(names=R.SIZES), "position": cl(names=R.POSITIONS),
-                "background": cl(names=R.BACKGROUNDS), "style": cl(names=R.STYLES),
+                "label": cl(names=demo_render.SHAPES),
+                "shape": cl(names=demo_render.SHAPES), "colour": cl(names=demo_render.COLOURS),
+                "size": cl(names=demo_render.SIZES), "position": cl(names=demo_render.POSITIONS),
+                "background": cl(names=demo_render.BACKGROUNDS),
+                "style": cl(names=demo_render.STYLES),
                 "count": np.int64,
             }),
             supervised_keys=("image", "label"),
@@ -90,10 +93,10 @@ class GmmDemo(tfds.core.GeneratorBasedBuilder):
 
     def _split_generators(self, dl_manager):
         del dl_manager  # nothing to download
-        unknown = set(self.builder_config.split_sizes) - set(R.SPLIT_RULES)
+        unknown = set(self.builder_config.split_sizes) - set(demo_render.SPLIT_RULES)
         if unknown:
             raise ValueError(f"gmm_demo: unknown split(s) {sorted(unknown)}; "
-                             f"known: {list(R.SPLIT_RULES)}")
+                             f"known: {list(demo_render.SPLIT_RULES)}")
         return {split: self._generate_examples(split, n)
                 for split, n in self.builder_config.split_sizes.items()}
 

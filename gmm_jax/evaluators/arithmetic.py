@@ -1,8 +1,7 @@
 """Embedding arithmetic (SIMAT protocol) on the demo's attribute swaps or on SIMAT."""
 from __future__ import annotations
 
-
-from gmm_jax import eval_suites as S
+from gmm_jax import eval_suites
 from gmm_jax.evaluators.base import DataMissing, EvalError, Evaluator, Result, register
 from gmm_jax.evaluators.context import load, take
 
@@ -17,7 +16,7 @@ class Arithmetic(Evaluator):
                 "simat_dir": "",     # SIMAT files: transfos.csv, triplets.csv, images/, ...
                 "simat_domain": "test",  # | "dev"
                 "max_triples": 1000,
-                "lambdas": S.LAMBDAS}
+                "lambdas": eval_suites.LAMBDAS}
 
     def source(self, ctx) -> str:
         source = self.cfg.source or ("demo" if ctx.is_demo else "simat")
@@ -52,8 +51,8 @@ class Arithmetic(Evaluator):
         enc = ctx.encoder
         img = enc.images(take(db.iter_images(enc.batch_size), 0), db.num_images, "SIMAT images")
         words = self._word_embeddings(ctx, list(db.value_words) + list(db.target_words))
-        return Result(S.simat_suite(img, db.source, db.value_words, db.target_words,
-                                    db.target_ids, db.norm2, db.similarity, words, lams))
+        return Result(eval_suites.simat_suite(img, db.source, db.value_words, db.target_words,
+                                              db.target_ids, db.norm2, db.similarity, words, lams))
 
     def _demo(self, ctx, lams):
         from gmm_jax.data import demo_arithmetic_triples
@@ -66,5 +65,5 @@ class Arithmetic(Evaluator):
         attrs = {k: v[:n] for k, v in data.rs.attributes.items()}
         triples = demo_arithmetic_triples(attrs, max_triples=self.cfg.max_triples or None)
         words = [w for tr in triples for w in (tr.word, tr.new_word)]
-        return S.demo_arithmetic_suite(data.image, triples, self._word_embeddings(ctx, words),
-                                       lams)
+        return eval_suites.demo_arithmetic_suite(data.image, triples,
+                                                 self._word_embeddings(ctx, words), lams)

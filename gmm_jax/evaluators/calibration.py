@@ -1,7 +1,7 @@
 """Retrieval calibration (ECE) of the contrastive softmax at the model's scale."""
 from __future__ import annotations
 
-from gmm_jax import eval_suites as S
+from gmm_jax import eval_suites
 from gmm_jax.evaluators.base import Evaluator, Result, register
 from gmm_jax.evaluators.retrieval import protocol_view
 
@@ -23,6 +23,6 @@ class Calibration(Evaluator):
     def run(self, ctx) -> Result:
         data = ctx.retrieval(ctx.ecfg.retrieval.split)
         txt, t2i, groups = protocol_view(data, ctx.ecfg.retrieval.protocol)
-        values, bins = S.calibration_suite(data.image, txt, t2i, ctx.scale, self.cfg.n_bins,
-                                           text_groups=groups)
+        values, bins = eval_suites.calibration_suite(data.image, txt, t2i, ctx.scale,
+                                                     self.cfg.n_bins, text_groups=groups)
         return Result(values, reliability={f"retrieval {d}": b for d, b in bins.items()})

@@ -1,7 +1,7 @@
 """k-shot linear probe on frozen image embeddings."""
 from __future__ import annotations
 
-from gmm_jax import eval_suites as S
+from gmm_jax import eval_suites
 from gmm_jax.evaluators.base import Evaluator, Result, register
 
 
@@ -40,4 +40,4 @@ class FewShot(Evaluator):
         test = ctx.classification(name, f.test_split or None, *self._dirs(ctx))
         tx, ty = ctx.embed_labelled(train, f.max_train_examples, f"fewshot {name} train")
         vx, vy = ctx.embed_labelled(test, ctx.ecfg.max_examples, f"fewshot {name} test")
-        return Result(S.fewshot_suite(tx, ty, vx, vy, tuple(f.ks), tuple(f.seeds), f.c))
+        return Result(eval_suites.fewshot_suite(tx, ty, vx, vy, tuple(f.ks), tuple(f.seeds), f.c))

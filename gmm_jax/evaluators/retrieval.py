@@ -1,15 +1,13 @@
 """Image-text retrieval R@K both ways on config.data's evaluation split (+ extra splits)."""
 from __future__ import annotations
 
-
-from gmm_jax import eval_suites as S
-from gmm_jax import figures
+from gmm_jax import eval_suites, figures
 from gmm_jax.evaluators.base import Evaluator, Result, as_list, register
 
 
 def protocol_view(data, protocol: str):
     """(text_emb, text_to_image, text_groups) of the captions ``protocol`` keeps."""
-    idx = S.protocol_indices(data.t2i, len(data.image), protocol)
+    idx = eval_suites.protocol_indices(data.t2i, len(data.image), protocol)
     return data.text[idx], data.t2i[idx], data.groups[idx]
 
 
@@ -35,8 +33,8 @@ class Retrieval(Evaluator):
                 (s, f"retrieval_{s}") for s in as_list(self.cfg.extra_splits)]:
             data = ctx.retrieval(split, prefix)
             txt, t2i, groups = protocol_view(data, self.cfg.protocol)
-            values.update(S.retrieval_suite(data.image, txt, t2i, ks, prefix=prefix,
-                                            text_groups=groups))
+            values.update(eval_suites.retrieval_suite(data.image, txt, t2i, ks, prefix=prefix,
+                                                      text_groups=groups))
             info[f"{prefix}/duplicate_captions"] = int(data.duplicates)
         if ctx.is_writer:
             figures.recall_chart(values, ctx.path("recall.png"), ks)

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from gmm_jax import eval_suites as S
+from gmm_jax import eval_suites
 from gmm_jax.evaluators.base import Evaluator, Result, as_list, register
 
 DEMO_DATASETS = "gmm_demo:target_test,gmm_demo:shift_background,gmm_demo:shift_combo"
@@ -49,10 +49,12 @@ class ZeroShot(Evaluator):
         for name, split, label in self.datasets(ctx):
             ds = ctx.classification(name, split, data_dir, manual_dir)
             texts = [t.format(c) for c in ds.class_names for t in ds.templates]
-            weights = S.class_weights(ctx.text_embeddings(texts, "prompts"), len(ds.class_names))
+            weights = eval_suites.class_weights(ctx.text_embeddings(texts, "prompts"),
+                                                len(ds.class_names))
             img, labels = ctx.embed_labelled(ds, ctx.ecfg.max_examples, f"zeroshot {label}")
-            res, bins = S.zeroshot_suite(img, labels, weights, ctx.scale,
-                                         ctx.ecfg.calibration.n_bins, prefix=f"zeroshot/{label}")
+            res, bins = eval_suites.zeroshot_suite(img, labels, weights, ctx.scale,
+                                                   ctx.ecfg.calibration.n_bins,
+                                                   prefix=f"zeroshot/{label}")
             values.update(res)
             top1.append(res[f"zeroshot/{label}/top1"])
             reliability[f"zero-shot {label}"] = bins
