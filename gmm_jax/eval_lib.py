@@ -14,10 +14,8 @@ skipped with one warning (``strict=True``: evaluation stops before any work).
 from __future__ import annotations
 
 import functools
-import json
 import logging
 import math
-import os
 import time
 from typing import Iterable
 
@@ -29,7 +27,7 @@ from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding, PartitionSpec as P
 from tqdm.auto import tqdm
 
-from gmm_jax import evaluators, figures, report
+from gmm_jax import evaluators, figures, paths, report
 from gmm_jax.evaluators import DataMissing, EvalContext, EvalError, as_list  # noqa: F401
 from gmm_jax.evaluators.context import take as _take  # noqa: F401  (kept name)
 from gmm_jax.evaluators.zeroshot import DEMO_DATASETS as DEMO_ZEROSHOT  # noqa: F401
@@ -312,7 +310,7 @@ def run_suites(encoder, tokenizer, config, out_dir: str, *, image_size: int,
         log.warning("eval: skipping suite %r: %s", name, " | ".join(str(m) for m in ms))
 
     if writer:
-        os.makedirs(out_dir, exist_ok=True)
+        paths.makedirs(out_dir)
     values, reliability, info, timing = {}, {}, {}, {}
     skipped = {k: [m.dataset for m in ms] for k, ms in missing.items()}
     try:
@@ -343,7 +341,6 @@ def run_suites(encoder, tokenizer, config, out_dir: str, *, image_size: int,
 
 def _write(out_dir, values, reliability, title, info):
     if reliability:
-        figures.reliability_diagram(reliability, os.path.join(out_dir, "reliability.png"))
+        figures.reliability_diagram(reliability, paths.join(out_dir, "reliability.png"))
     report.write_metrics(values, out_dir, title or "Evaluation")
-    with open(os.path.join(out_dir, "eval_info.json"), "w") as f:
-        json.dump(info, f, indent=1, default=str)
+    paths.write_json(paths.join(out_dir, "eval_info.json"), info, indent=1, default=str)
