@@ -17,13 +17,14 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import warnings
 from typing import Any, Optional
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+
+from gmm_jax import paths
 
 CHECKPOINT_DIR = "checkpoints"
 
@@ -32,7 +33,7 @@ class TrainCheckpointer:
     """Save / restore the train state, data position and config of a run."""
 
     def __init__(self, workdir: str, max_to_keep: int = 3, async_save: bool = True):
-        self.directory = os.path.join(os.path.abspath(workdir), CHECKPOINT_DIR)
+        self.directory = paths.join(paths.absolute(workdir), CHECKPOINT_DIR)
         options = ocp.CheckpointManagerOptions(
             max_to_keep=max_to_keep if max_to_keep > 0 else None,
             enable_async_checkpointing=async_save, create=True,
@@ -71,7 +72,7 @@ class TrainCheckpointer:
 
 
 def _directory(workdir: str) -> str:
-    return os.path.join(os.path.abspath(workdir), CHECKPOINT_DIR)
+    return paths.join(paths.absolute(workdir), CHECKPOINT_DIR)
 
 
 class _quiet:
@@ -109,7 +110,7 @@ def finished_steps(workdir: str) -> list[int]:
     """The finished (finalised) checkpoint steps of ``workdir``, ascending; ``[]`` when
     it has none (no ``checkpoints/``, or only temporaries of a killed save)."""
     directory = _directory(workdir)
-    if not os.path.isdir(directory):
+    if not paths.isdir(directory):
         return []
     mngr = _reader(directory)
     try:
@@ -136,7 +137,7 @@ def restore_params(workdir: str, step: Optional[int] = None) -> tuple[Any, int, 
     the parameters again, stay on disk). The config is the one saved with that step
     (``{}`` if it has none)."""
     directory = _directory(workdir)
-    if not os.path.isdir(directory):
+    if not paths.isdir(directory):
         raise FileNotFoundError(f"{workdir}: no {CHECKPOINT_DIR}/ directory (not a training "
                                 "workdir, or no checkpoint was saved yet)")
     mngr = _reader(directory)
@@ -193,8 +194,8 @@ def load_run(workdir: str, step: Optional[int] = None):
     from gmm_jax.tokenizer import Tokenizer
     params, step, run_config = restore_params(workdir, step)  # names a non-run first
     mcfg = pretrained.load_config(workdir)
-    tok_dir = os.path.join(workdir, pretrained.TOKENIZER_DIR)
-    if not os.path.isdir(tok_dir):
+    tok_dir = paths.join(workdir, pretrained.TOKENIZER_DIR)
+    if not paths.isdir(tok_dir):
         raise FileNotFoundError(f"{workdir}: no {pretrained.TOKENIZER_DIR}/ directory")
     tok = Tokenizer.from_path(tok_dir, context_length=mcfg.context_length)
     params = openai_logit_scale(params, run_config.get("loss", {}))

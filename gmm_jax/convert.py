@@ -20,9 +20,9 @@ files):
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import math
-import os
 import re
 import sys
 import zipfile
@@ -30,6 +30,7 @@ from typing import Any, Optional
 
 import numpy as np
 
+from gmm_jax import paths
 from gmm_jax.models import CLIP, CLIPConfig
 from gmm_jax.models import layouts
 
@@ -59,23 +60,22 @@ def _to_numpy(sd) -> dict[str, np.ndarray]:
     return out
 
 
-def _load_safetensors(path: str) -> dict[str, np.ndarray]:
-    from safetensors.numpy import load_file
+def _load_safetensors(data: bytes) -> dict[str, np.ndarray]:
+    from safetensors.numpy import load
     try:
-        return load_file(path)
+        return load(data)
     except TypeError:                       # bfloat16 tensors: NumPy has no such dtype
         import jax.numpy as jnp
-        from safetensors import safe_open
-        with safe_open(path, framework="flax") as f:
-            return {k: np.asarray(f.get_tensor(k).astype(jnp.float32)) for k in f.keys()}
+        from safetensors.flax import load as load_flax
+        return {k: np.asarray(v.astype(jnp.float32)) for k, v in load_flax(data).items()}
 
 
-def _is_torchscript(path: str) -> bool:
+def _is_torchscript(data: bytes) -> bool:
     """TorchScript archives are zip files with a ``constants.pkl`` (plain torch.save
     zips have none)."""
-    if not zipfile.is_zipfile(path):
+    if not zipfile.is_zipfile(io.BytesIO(data)):
         return False
-    with zipfile.ZipFile(path) as z:
+    with zipfile.ZipFile(io.BytesIO(data)) as z:
         return any(n.endswith("constants.pkl") for n in z.namelist())
 
 
@@ -83,16 +83,17 @@ def load_state_dict(path: str) -> dict[str, np.ndarray]:
     """A flat ``{name: array}`` from .safetensors (NumPy only) or a torch file
     (.bin/.pt/.pth; TorchScript archives too). Unwraps a ``state_dict`` entry and
     strips DistributedDataParallel's ``module.`` prefixes."""
-    if not os.path.isfile(path):
+    if not paths.isfile(path):
         raise FileNotFoundError(f"checkpoint file not found: {path}")
+    data = paths.read_bytes(path)  # a local or gs:// file alike
     if path.endswith(".safetensors"):
-        sd = _load_safetensors(path)
+        sd = _load_safetensors(data)
     else:
         torch = _torch()
-        if _is_torchscript(path):
-            sd = torch.jit.load(path, map_location="cpu").state_dict()
+        if _is_torchscript(data):
+            sd = torch.jit.load(io.BytesIO(data), map_location="cpu").state_dict()
         else:
-            sd = torch.load(path, map_location="cpu", weights_only=True)
+            sd = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
         if hasattr(sd, "state_dict") and not isinstance(sd, dict):
             sd = sd.state_dict()
     if isinstance(sd, dict) and isinstance(sd.get("state_dict"), dict):
@@ -181,10 +182,9 @@ _OPENCLIP_UNSUPPORTED = {  # config flags that change the computation without ne
 
 def _openclip_options(cfg_path: Optional[str]) -> dict[str, Any]:
     """act / head counts / pooling from an ``open_clip_config.json`` (hub layout)."""
-    if not cfg_path or not os.path.isfile(cfg_path):
+    if not cfg_path or not paths.isfile(cfg_path):
         return {}
-    with open(cfg_path) as f:
-        mc = json.load(f).get("model_cfg", {})
+    mc = paths.read_json(cfg_path).get("model_cfg", {})
     vc, tc = mc.get("vision_cfg", {}), mc.get("text_cfg", {})
     for sub, flags in _OPENCLIP_UNSUPPORTED.items():
         for flag, bad in flags.items():
@@ -215,13 +215,13 @@ def from_openclip(path: str, progress: bool = False, config_path: Optional[str] 
     ``open_clip_pytorch_model.bin`` beside ``open_clip_config.json``). The config
     file, if found, gives the activation and head counts; without one, OpenCLIP's
     default ``act="gelu"`` is assumed (pass ``act="quick_gelu"`` for OpenAI weights)."""
-    if os.path.isdir(path):
-        found = [os.path.join(path, f) for f in _OPENCLIP_FILES
-                 if os.path.isfile(os.path.join(path, f))]
+    if paths.isdir(path):
+        found = [paths.join(path, f) for f in _OPENCLIP_FILES
+                 if paths.isfile(paths.join(path, f))]
         if not found:
             raise FileNotFoundError(f"{path}: no OpenCLIP weights ({', '.join(_OPENCLIP_FILES)})")
         path = found[0]
-    config_path = config_path or os.path.join(os.path.dirname(path), "open_clip_config.json")
+    config_path = config_path or paths.join(paths.dirname(path), "open_clip_config.json")
     opts = _openclip_options(config_path)
     if not opts and "act" not in config_overrides:
         print(f"[gmm_jax.convert] no open_clip_config.json beside {path}: assuming act='gelu' "
@@ -234,19 +234,18 @@ def from_openclip(path: str, progress: bool = False, config_path: Optional[str] 
 # ---------------------------------------------------------------- Hugging Face
 
 def _load_hf_weights(path: str) -> dict[str, np.ndarray]:
-    single = os.path.join(path, "model.safetensors")
+    single = paths.join(path, "model.safetensors")
     index = single + ".index.json"
-    if os.path.isfile(single):
+    if paths.isfile(single):
         return load_state_dict(single)
-    if os.path.isfile(index):                              # sharded checkpoint
-        with open(index) as f:
-            shards = sorted(set(json.load(f)["weight_map"].values()))
+    if paths.isfile(index):                              # sharded checkpoint
+        shards = sorted(set(paths.read_json(index)["weight_map"].values()))
         sd = {}
         for s in shards:
-            sd.update(load_state_dict(os.path.join(path, s)))
+            sd.update(load_state_dict(paths.join(path, s)))
         return sd
-    if os.path.isfile(os.path.join(path, "pytorch_model.bin")):
-        return load_state_dict(os.path.join(path, "pytorch_model.bin"))
+    if paths.isfile(paths.join(path, "pytorch_model.bin")):
+        return load_state_dict(paths.join(path, "pytorch_model.bin"))
     raise FileNotFoundError(f"{path}: no model.safetensors (or sharded index, or "
                             "pytorch_model.bin)")
 
@@ -294,11 +293,10 @@ def infer_hf_config(hf_cfg: dict, sd, source="config.json", **extra) -> CLIPConf
 def from_hf(path: str, progress: bool = False, **config_overrides):
     """A Hugging Face CLIP directory (config.json + model.safetensors, read with
     NumPy) -> ``(CLIP model, params)``. ``config_overrides``: ``dtype``, ``remat``."""
-    cfg_file = os.path.join(path, "config.json")
-    if not os.path.isfile(cfg_file):
+    cfg_file = paths.join(path, "config.json")
+    if not paths.isfile(cfg_file):
         raise FileNotFoundError(f"{path}: no config.json (expected a Hugging Face CLIP directory)")
-    with open(cfg_file) as f:
-        hf_cfg = json.load(f)
+    hf_cfg = paths.read_json(cfg_file)
     if hf_cfg.get("model_type", "clip") != "clip":
         raise ValueError(f"{cfg_file}: model_type={hf_cfg.get('model_type')!r}, expected 'clip'")
     sd = _load_hf_weights(path)
@@ -334,25 +332,15 @@ def hf_config_dict(cfg: CLIPConfig) -> dict:
 def to_hf(model: CLIP, params, out_dir: str) -> str:
     """Write ``params`` as a Hugging Face CLIP directory (config.json + model.safetensors,
     float32) that ``transformers.CLIPModel.from_pretrained(out_dir)`` loads. Returns out_dir."""
-    from safetensors.numpy import save_file
+    from safetensors.numpy import save
     cfg = model.config
     oa = layouts.params_to_openai(params)
     layouts.check_state_dict(oa, layouts.openai_shapes(cfg), source="params")
-    os.makedirs(out_dir, exist_ok=True)
-    with open(os.path.join(out_dir, "config.json"), "w") as f:
-        json.dump(hf_config_dict(cfg), f, indent=2)
-    weights = os.path.join(out_dir, "model.safetensors")
-    save_file(layouts.openai_to_hf(oa, cfg), weights, metadata={"format": "pt"})
-    # safetensors writes through a private temporary file (mode 0600): give the export
-    # the mode open() would (0666 minus the umask) so others can read it like config.json.
-    os.chmod(weights, 0o666 & ~_umask())
+    paths.write_json(paths.join(out_dir, "config.json"), hf_config_dict(cfg))
+    # serialised in memory and written like config.json (same file mode, local or gs://)
+    paths.write_bytes(paths.join(out_dir, "model.safetensors"),
+                      save(layouts.openai_to_hf(oa, cfg), metadata={"format": "pt"}))
     return out_dir
-
-
-def _umask() -> int:
-    mask = os.umask(0o022)  # the only way to read it is to set it; restored at once
-    os.umask(mask)
-    return mask
 
 
 # ---------------------------------------------------------------- helpers + CLI
@@ -367,7 +355,7 @@ def _bar(enabled: bool, desc: str):
     if not enabled:
         return None
     from tqdm import tqdm
-    return lambda it: tqdm(it, desc=f"converting {os.path.basename(desc.rstrip('/'))}",
+    return lambda it: tqdm(it, desc=f"converting {paths.basename(desc)}",
                            unit="tensor")
 
 
@@ -379,7 +367,7 @@ def source_tokenizer(fmt: str, src: str, context_length: int, tokenizer: Optiona
     from gmm_jax.tokenizer.files import has_hf_tokenizer
     if tokenizer:
         return Tokenizer.from_path(tokenizer, context_length=context_length)
-    src_dir = src if os.path.isdir(src) else os.path.dirname(src) or "."
+    src_dir = src if paths.isdir(src) else paths.dirname(src)
     if fmt != "openai" and has_hf_tokenizer(src_dir):
         tok = Tokenizer.from_path(src_dir, context_length=context_length)
         print(f"[gmm_jax.convert] tokenizer: {tok.source} ({tok.vocab_size} tokens)",
@@ -422,7 +410,7 @@ def main(argv=None) -> int:
                             ("text_heads", args.text_heads)) if v is not None}
     if args.step is not None and args.format != "run":
         ap.error("--step applies to --format run only")
-    if args.format in ("hf", "openclip") and not os.path.exists(args.src):
+    if args.format in ("hf", "openclip") and not paths.exists(args.src):
         from gmm_jax import hub  # a hub id / OpenCLIP tag: through huggingface_hub's cache
         if hub.hub_format(args.src):
             try:

@@ -24,12 +24,13 @@ import hashlib
 import json
 import logging
 import math
-import os
 import time
 from typing import Callable, Optional
 
 import ml_collections
 import numpy as np
+
+from gmm_jax import paths as fs  # `paths` names the report's files below
 
 log = logging.getLogger(__name__)
 
@@ -195,28 +196,23 @@ def fingerprint(cfg, drop=_NOT_TRAINING) -> str:
 # --------------------------------------------------------------------------- stages
 
 def _read_json(path):
-    if not os.path.exists(path):
+    if not fs.exists(path):
         return None
-    with open(path) as f:
-        try:
-            return json.load(f)
-        except json.JSONDecodeError:
-            return None
+    try:
+        return fs.read_json(path)
+    except json.JSONDecodeError:
+        return None
 
 
 def _write_json(path, obj, sort_keys=True):
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=1, sort_keys=sort_keys, allow_nan=True)
-    os.replace(tmp, path)
+    fs.write_json(path, obj, atomic=True, indent=1, sort_keys=sort_keys, allow_nan=True)
 
 
 def stage_done(stage_dir: str, fp: str) -> bool:
     """True when ``stage_dir`` finished training with the config of fingerprint ``fp``
     (marker says done and its last checkpoint step is on disk). Raises DemoError when
     the directory holds a run of a different config."""
-    marker = _read_json(os.path.join(stage_dir, STAGE_MARKER))
+    marker = _read_json(fs.join(stage_dir, STAGE_MARKER))
     if marker is None:
         return False
     if marker.get("fingerprint") != fp:
@@ -224,7 +220,7 @@ def stage_done(stage_dir: str, fp: str) -> bool:
                         "--workdir (or delete that directory) to train with this one")
     if not marker.get("done"):
         return False
-    return os.path.isdir(os.path.join(stage_dir, "checkpoints", str(marker["step"])))
+    return fs.isdir(fs.join(stage_dir, "checkpoints", str(marker["step"])))
 
 
 def train_stage(cfg, stage_dir: str, banner: Callable[[str], None]) -> dict:
@@ -232,17 +228,17 @@ def train_stage(cfg, stage_dir: str, banner: Callable[[str], None]) -> dict:
     from gmm_jax import train_lib
     fp = fingerprint(cfg)
     if stage_done(stage_dir, fp):
-        marker = _read_json(os.path.join(stage_dir, STAGE_MARKER))
+        marker = _read_json(fs.join(stage_dir, STAGE_MARKER))
         banner(f"reusing the finished run in {stage_dir} (step {marker['step']})")
         return marker
-    os.makedirs(stage_dir, exist_ok=True)
-    _write_json(os.path.join(stage_dir, STAGE_MARKER), {"fingerprint": fp, "done": False})
+    fs.makedirs(stage_dir)
+    _write_json(fs.join(stage_dir, STAGE_MARKER), {"fingerprint": fp, "done": False})
     t0 = time.perf_counter()
     out = train_lib.train_and_evaluate(cfg, stage_dir)
     marker = {"fingerprint": fp, "done": True, "step": int(out["step"]),
               "seconds": round(time.perf_counter() - t0, 1),
               "train_metrics": {k: float(v) for k, v in (out.get("metrics") or {}).items()}}
-    _write_json(os.path.join(stage_dir, STAGE_MARKER), marker)
+    _write_json(fs.join(stage_dir, STAGE_MARKER), marker)
     return marker
 
 
@@ -251,13 +247,13 @@ def export_model(stage_dir: str, marker: dict) -> tuple[str, float]:
     ``config.init`` names), unless already exported; returns ``(model_dir, tau)`` with
     tau the model's 1/exp(logit_scale)."""
     from gmm_jax import checkpointing, pretrained
-    model_dir = os.path.join(stage_dir, MODEL_DIR)
-    info = _read_json(os.path.join(model_dir, "demo_export.json"))
+    model_dir = fs.join(stage_dir, MODEL_DIR)
+    info = _read_json(fs.join(model_dir, "demo_export.json"))
     if info is None or info.get("step") != marker["step"]:
         model, params, tok, step, _ = checkpointing.load_run(stage_dir)
         pretrained.save_pretrained(model_dir, model.config, params, tok)
         info = {"step": step, "logit_scale": float(np.asarray(params["logit_scale"]))}
-        _write_json(os.path.join(model_dir, "demo_export.json"), info)
+        _write_json(fs.join(model_dir, "demo_export.json"), info)
     return model_dir, float(math.exp(-info["logit_scale"]))
 
 
@@ -266,18 +262,18 @@ def evaluate_stage(ecfg, stage_dir: str, marker: dict, mesh, title: str) -> str:
     ``stage_dir/eval``; reused when ``demo_eval.json`` records the same training config,
     checkpoint and eval settings."""
     from gmm_jax import checkpointing, eval_lib
-    out = os.path.join(stage_dir, "eval")
+    out = fs.join(stage_dir, "eval")
     fp = {"stage": hashlib.sha256(marker["fingerprint"].encode()).hexdigest()[:16],
           "step": marker["step"], "eval": json.loads(ecfg.eval.to_json_best_effort(sort_keys=True)),
           "data": json.loads(ecfg.data.to_json_best_effort(sort_keys=True))}
     fp["data"].pop("train_split", None)
     fp["eval"].pop("progress", None)
-    if (_read_json(os.path.join(out, EVAL_MARKER)) == fp
-            and os.path.exists(os.path.join(out, "metrics.json"))):
+    if (_read_json(fs.join(out, EVAL_MARKER)) == fp
+            and fs.exists(fs.join(out, "metrics.json"))):
         return out
     model, params, tok, _, _ = checkpointing.load_run(stage_dir)
     eval_lib.evaluate(model, params, tok, ecfg, out, mesh=mesh, title=title)
-    _write_json(os.path.join(out, EVAL_MARKER), fp)
+    _write_json(fs.join(out, EVAL_MARKER), fp)
     return out
 
 
@@ -292,16 +288,16 @@ def write_report(workdir: str, eval_dirs: dict, meta: dict) -> dict:
     head = [k for k in HEADLINE if k in keys]
     head_md, data = report.compare_runs(runs, None, "Headline metrics", keys=head)
     full_md, _ = report.compare_runs(runs, None, "All metrics", keys=keys)
-    json_path = os.path.join(workdir, "demo_report.json")
+    json_path = fs.join(workdir, "demo_report.json")
     _write_json(json_path, {"runs": data["runs"], "meta": meta}, sort_keys=False)
     paths = {"json": json_path}
     figs = {}
     figs["gap_side_by_side"] = figures.gap_figure_side_by_side(
-        dict(eval_dirs), os.path.join(workdir, "gap_side_by_side.png"))
+        dict(eval_dirs), fs.join(workdir, "gap_side_by_side.png"))
     if "ft" in eval_dirs and "m2mix" in eval_dirs:
         figs["gap_ft_vs_m2mix"] = figures.gap_figure_side_by_side(
             {"ft": eval_dirs["ft"], "m2mix": eval_dirs["m2mix"]},
-            os.path.join(workdir, "gap_ft_vs_m2mix.png"))
+            fs.join(workdir, "gap_ft_vs_m2mix.png"))
     paths.update(figs)
     stage_lines = [f"| {name} | {s.get('dir', '')} | {s.get('step', '')} | "
                    f"{s.get('train_seconds', '–')} |" for name, s in meta["stages"].items()]
@@ -315,11 +311,10 @@ def write_report(workdir: str, eval_dirs: dict, meta: dict) -> dict:
           f"Command: `{meta['command']}`", "",
           "| stage | workdir | step | train s |", "| --- | --- | ---: | ---: |",
           *stage_lines, "",
-          *["![" + k + "](" + os.path.basename(v) + ")" for k, v in figs.items()], "",
+          *["![" + k + "](" + fs.basename(v) + ")" for k, v in figs.items()], "",
           head_md.replace("# Headline", "## Headline"), full_md.replace("# All", "## All")]
-    md_path = os.path.join(workdir, "demo_report.md")
-    with open(md_path, "w") as f:
-        f.write("\n".join(md) + "\n")
+    md_path = fs.join(workdir, "demo_report.md")
+    fs.write_text(md_path, "\n".join(md) + "\n")
     paths["md"] = md_path
     return paths
 
@@ -344,9 +339,9 @@ def run(config, workdir: str, command: str = "") -> dict:
     t_start = time.perf_counter()
     validate_demo(config)
     names = run_names(config)
-    workdir = os.path.abspath(workdir)
-    os.makedirs(workdir, exist_ok=True)
-    pre_dir = os.path.abspath(config.demo.pretrain_dir or os.path.join(workdir, "pretrain"))
+    workdir = fs.absolute(workdir)
+    fs.makedirs(workdir)
+    pre_dir = fs.absolute(config.demo.pretrain_dir or fs.join(workdir, "pretrain"))
     pre_cfg = pretrain_config(config)
     ecfg = eval_config(config)
     n_stages = 1 + len(names) + 2
@@ -365,7 +360,7 @@ def run(config, workdir: str, command: str = "") -> dict:
     markers = {PRETRAINED: marker}
     for i, name in enumerate(names):
         cfg = finetune_config(config, name, model_dir, tau_p)
-        run_dir = os.path.join(workdir, name)
+        run_dir = fs.join(workdir, name)
         temp = cfg.loss.temperature + (f" tau={cfg.loss.tau:.4g}" if cfg.loss.temperature == "fixed"
                                        else "")
         _banner(f"[{2 + i}/{n_stages}] fine-tuning {name!r} (loss {cfg.loss.method}, "
@@ -389,7 +384,7 @@ def run(config, workdir: str, command: str = "") -> dict:
     print(report.compare_runs(runs, None, "Headline metrics", keys=head)[0], flush=True)
     seconds = round(time.perf_counter() - t_start, 1)
     print(f"demo finished in {seconds:.0f} s. Report: {paths['md']} (and "
-          f"{os.path.basename(paths['json'])}); figures: "
-          f"{', '.join(os.path.basename(paths[k]) for k in paths if k.startswith('gap'))}",
+          f"{fs.basename(paths['json'])}); figures: "
+          f"{', '.join(fs.basename(paths[k]) for k in paths if k.startswith('gap'))}",
           flush=True)
     return {"report": paths, "runs": runs, "seconds": seconds}

@@ -14,10 +14,8 @@ skipped with one warning (``strict=True``: evaluation stops before any work).
 from __future__ import annotations
 
 import functools
-import json
 import logging
 import math
-import os
 import time
 from typing import Iterable
 
@@ -29,7 +27,7 @@ from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding, PartitionSpec as P
 from tqdm.auto import tqdm
 
-from gmm_jax import evaluators, figures, report
+from gmm_jax import evaluators, figures, paths, report
 from gmm_jax.evaluators import DataMissing, EvalContext, EvalError, as_list  # noqa: F401
 from gmm_jax.evaluators.context import take as _take  # noqa: F401  (kept name)
 from gmm_jax.evaluators.zeroshot import DEMO_DATASETS as DEMO_ZEROSHOT  # noqa: F401
@@ -220,18 +218,30 @@ def resolve_suites(config, ctx=None) -> list[str]:
     return names
 
 
+def suite_schedule(config) -> dict[str, tuple[int, bool]]:
+    """``{suite: (period, at_end)}`` for in-training runs: each suite's ``log_every``
+    (0 = ``config.eval_every_steps``, -1 = never) and ``at_end``. Building it reads the
+    whole eval config (milliseconds): compute it once, not at every training step."""
+    ecfg = _eval_config(config)
+    default_every = int(config.get("eval_every_steps", 0) or 0) if hasattr(config, "get") else 0
+    schedule = {}
+    for name in as_list(ecfg.suites):
+        s = _section(ecfg, name)
+        schedule[name] = (default_every if s.log_every == 0 else int(s.log_every),
+                          bool(s.at_end))
+    return schedule
+
+
+def due_in(schedule: dict[str, tuple[int, bool]], step: int, total_steps: int) -> list[str]:
+    """The suites of ``schedule`` (``suite_schedule``) due at ``step`` of ``total_steps``."""
+    return [name for name, (every, at_end) in schedule.items()
+            if (every > 0 and step % every == 0) or (step == total_steps and at_end)]
+
+
 def suites_due(config, step: int, total_steps: int) -> list[str]:
     """The suites to run at training step ``step`` of ``total_steps``: each suite's
     ``log_every`` (0 = ``config.eval_every_steps``, -1 = never) and ``at_end``."""
-    ecfg = _eval_config(config)
-    default_every = int(config.get("eval_every_steps", 0) or 0) if hasattr(config, "get") else 0
-    due = []
-    for name in as_list(ecfg.suites):
-        s = _section(ecfg, name)
-        every = default_every if s.log_every == 0 else int(s.log_every)
-        if (every > 0 and step % every == 0) or (step == total_steps and s.at_end):
-            due.append(name)
-    return due
+    return due_in(suite_schedule(config), step, total_steps)
 
 
 # --------------------------------------------------------------------------
@@ -300,7 +310,7 @@ def run_suites(encoder, tokenizer, config, out_dir: str, *, image_size: int,
         log.warning("eval: skipping suite %r: %s", name, " | ".join(str(m) for m in ms))
 
     if writer:
-        os.makedirs(out_dir, exist_ok=True)
+        paths.makedirs(out_dir)
     values, reliability, info, timing = {}, {}, {}, {}
     skipped = {k: [m.dataset for m in ms] for k, ms in missing.items()}
     try:
@@ -331,7 +341,6 @@ def run_suites(encoder, tokenizer, config, out_dir: str, *, image_size: int,
 
 def _write(out_dir, values, reliability, title, info):
     if reliability:
-        figures.reliability_diagram(reliability, os.path.join(out_dir, "reliability.png"))
+        figures.reliability_diagram(reliability, paths.join(out_dir, "reliability.png"))
     report.write_metrics(values, out_dir, title or "Evaluation")
-    with open(os.path.join(out_dir, "eval_info.json"), "w") as f:
-        json.dump(info, f, indent=1, default=str)
+    paths.write_json(paths.join(out_dir, "eval_info.json"), info, indent=1, default=str)

@@ -14,12 +14,13 @@ exit 2 naming it); results of the suites that ran are always written.
 """
 from __future__ import annotations
 
-import json
 import os
 import sys
 
 from absl import app, flags, logging
 from ml_collections import config_flags
+
+from gmm_jax import paths
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Train/eval config file.",
                                           lock_config=False)
@@ -50,17 +51,17 @@ def _compare(dirs):
     if len(dirs) < 1:
         _fail("--compare needs one or more eval directories as arguments")
     out = _OUT.value or "."
-    os.makedirs(out, exist_ok=True)
+    paths.makedirs(out)
     try:
         md, data = eval_lib.compare_runs(dirs, out)
     except (FileNotFoundError, ValueError) as e:
         _fail(str(e))
     gaps = {name: d for name, d in zip(data["runs"], dirs)
-            if os.path.exists(os.path.join(d, "embeddings.npz"))}
+            if paths.exists(paths.join(d, "embeddings.npz"))}
     if gaps:
-        eval_lib.gap_figure_side_by_side(gaps, os.path.join(out, "gap_side_by_side.png"))
+        eval_lib.gap_figure_side_by_side(gaps, paths.join(out, "gap_side_by_side.png"))
     print(md)
-    print(f"wrote {os.path.join(out, 'compare.md')} and compare.json")
+    print(f"wrote {paths.join(out, 'compare.md')} and compare.json")
 
 
 def _load_model():
@@ -69,7 +70,7 @@ def _load_model():
         _fail("give exactly one of --workdir (a training run) or --checkpoint (a model dir)")
     if _CHECKPOINT.value:
         path = _CHECKPOINT.value
-        if not os.path.isdir(path) or not os.path.exists(os.path.join(path, "model_config.json")):
+        if not paths.isdir(path) or not paths.exists(paths.join(path, "model_config.json")):
             _fail(f"--checkpoint {path!r}: not a model directory (expected model_config.json, "
                   "params/ and tokenizer/ as written by gmm_jax.convert or save_pretrained)")
         from gmm_jax.pretrained import load_pretrained
@@ -79,9 +80,9 @@ def _load_model():
             _fail(f"--checkpoint {path!r}: {e}")
         if tok is None:
             _fail(f"--checkpoint {path!r} has no tokenizer/ directory: save one with the model")
-        return model, params, tok, os.path.join(path, "eval")
+        return model, params, tok, paths.join(path, "eval")
     workdir = _WORKDIR.value
-    if not os.path.isdir(workdir):
+    if not paths.isdir(workdir):
         _fail(f"--workdir {workdir!r} does not exist")
     from gmm_jax import checkpointing
     try:
@@ -90,7 +91,7 @@ def _load_model():
         _fail(f"--workdir {workdir!r}: {e}")
     sub = "eval" if _STEP.value is None else f"eval_step_{step}"
     logging.info("loaded %s at step %s", workdir, step)
-    return model, params, tok, os.path.join(workdir, sub)
+    return model, params, tok, paths.join(workdir, sub)
 
 
 def main(argv):
@@ -116,13 +117,11 @@ def main(argv):
         values = eval_lib.evaluate(model, params, tok, config, out, mesh=mesh,
                                    strict=_STRICT.value)
     except (eval_lib.EvalError, FileNotFoundError) as e:
-        if os.path.exists(os.path.join(out, "metrics.json")):
+        if paths.exists(paths.join(out, "metrics.json")):
             print(f"{_prog()}: results of the suites that finished are in {out}", file=sys.stderr)
         _fail(str(e))
-    with open(os.path.join(out, "metrics.md")) as f:
-        print(f.read())
-    with open(os.path.join(out, "eval_info.json")) as f:
-        info = json.load(f)
+    print(paths.read_text(paths.join(out, "metrics.md")))
+    info = paths.read_json(paths.join(out, "eval_info.json"))
     for key, n in info.items():
         if key.endswith("/duplicate_captions"):
             print(f"{key.split('/')[0]}: {n} duplicate captions (identical text counts as "

@@ -14,16 +14,18 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-import os
+import io
 
 import numpy as np
+
+from gmm_jax import paths
 
 REQUIRED = {"transfos.csv": ("region_id", "value", "target", "is_test", "norm2", "target_ids"),
             "triplets.csv": ("dataset_id",)}
 
 
 def _read_csv(path: str, columns) -> tuple[list[str], list[dict]]:
-    with open(path, newline="") as f:
+    with io.StringIO(paths.read_text(path), newline="") as f:
         rows = list(csv.DictReader(f))
     if not rows:
         raise ValueError(f"{path}: empty")
@@ -68,32 +70,33 @@ class SimatDB:
 
 
 def _load_similarity(directory: str) -> np.ndarray:
-    npy = os.path.join(directory, "oscar_similarity_matrix.npy")
-    pt = os.path.join(directory, "oscar_similarity_matrix.pt")
-    if os.path.exists(npy):
-        return np.load(npy)
-    if os.path.exists(pt):
+    npy = paths.join(directory, "oscar_similarity_matrix.npy")
+    pt = paths.join(directory, "oscar_similarity_matrix.pt")
+    if paths.exists(npy):
+        return np.load(io.BytesIO(paths.read_bytes(npy)), allow_pickle=False)
+    if paths.exists(pt):
         try:
             import torch
         except ImportError as e:
             raise ValueError(f"{pt} needs torch to read; or save it as "
                              "oscar_similarity_matrix.npy") from e
-        return np.asarray(torch.load(pt, map_location="cpu").float().numpy())
+        sim = torch.load(io.BytesIO(paths.read_bytes(pt)), map_location="cpu")
+        return np.asarray(sim.float().numpy())
     raise FileNotFoundError(f"SIMAT: neither {npy} nor {pt} exists")
 
 
 def load_simat(directory: str, domain: str = "test", image_size: int = 224) -> SimatDB:
     """Read the SIMAT files of ``directory`` (``domain``: "test" or "dev")."""
-    if not directory or not os.path.isdir(directory):
+    if not directory or not paths.isdir(directory):
         raise FileNotFoundError(f"SIMAT directory {directory!r} not found: set "
                                 "config.eval.arithmetic.simat_dir to the simat_db folder")
     if domain not in ("test", "dev"):
         raise ValueError(f"SIMAT domain {domain!r}; expected 'test' or 'dev'")
     for name in REQUIRED:
-        if not os.path.exists(os.path.join(directory, name)):
-            raise FileNotFoundError(f"SIMAT: {os.path.join(directory, name)} not found")
-    _, transfos = _read_csv(os.path.join(directory, "transfos.csv"), REQUIRED["transfos.csv"])
-    rid_col, triplets = _read_csv(os.path.join(directory, "triplets.csv"), REQUIRED["triplets.csv"])
+        if not paths.exists(paths.join(directory, name)):
+            raise FileNotFoundError(f"SIMAT: {paths.join(directory, name)} not found")
+    _, transfos = _read_csv(paths.join(directory, "transfos.csv"), REQUIRED["transfos.csv"])
+    rid_col, triplets = _read_csv(paths.join(directory, "triplets.csv"), REQUIRED["triplets.csv"])
     did2rid = {int(r["dataset_id"]): str(r[rid_col]) for r in triplets}
     rid2did = {v: k for k, v in did2rid.items()}
     n = len(did2rid)
@@ -101,13 +104,13 @@ def load_simat(directory: str, domain: str = "test", image_size: int = 224) -> S
         raise ValueError(f"SIMAT triplets.csv: dataset_id must be 0..{n - 1}")
 
     files = {}
-    for root, _, names in os.walk(os.path.join(directory, "images")):
+    for root, _, names in paths.path(directory, "images").walk():
         for f in names:
-            files[os.path.splitext(f)[0]] = os.path.join(root, f)
+            files[paths.path(f).stem] = paths.join(root, f)
     missing = [did2rid[d] for d in range(n) if did2rid[d] not in files]
     if missing:
         raise FileNotFoundError(f"SIMAT: {len(missing)} image(s) missing under "
-                                f"{os.path.join(directory, 'images')}, e.g. {missing[:3]}")
+                                f"{paths.join(directory, 'images')}, e.g. {missing[:3]}")
 
     rows = [r for r in transfos if _truthy(r["is_test"]) == (domain == "test")]
     if not rows:

@@ -1,4 +1,4 @@
-"""Evaluation suites on precomputed embeddings (SPEC §4): pure NumPy, no model.
+"""Evaluation suites on precomputed embeddings (docs/method.md#metrics): pure NumPy, no model.
 
 Each ``*_suite`` takes host arrays and returns a flat ``{key: float}`` dict with the
 keys of ``metrics.json`` (see docs/evaluation.md), plus, where a figure needs them,
@@ -80,7 +80,7 @@ def geometry_suite(v, t, seed: int = 0, uniformity_t: float = 2.0,
                    alignment_alpha: float = 2.0, prefix: str = "gap") -> dict:
     """Modality-gap metrics of paired embeddings ``v, t`` (N, D) (row i describes row i).
 
-    Uniformity is taken over ``concat(v, t)`` (SPEC §4; not the reference's
+    Uniformity is taken over ``concat(v, t)`` (docs/method.md#metrics; not the reference's
     ``concat(v, v)``).
     """
     v, t = unit(v), unit(t)

@@ -17,6 +17,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from gmm_jax import paths  # noqa: E402
+
 IMAGE_COLOUR, TEXT_COLOUR = "#1f77b4", "#d62728"
 
 
@@ -71,12 +73,12 @@ def gap_figure_side_by_side(runs: Mapping[str, object], out_path: str,
     loaded = {}
     for name, run in runs.items():
         if isinstance(run, (str, os.PathLike)):
-            path = os.path.join(run, "embeddings.npz")
-            if not os.path.exists(path):
+            path = paths.join(run, "embeddings.npz")
+            if not paths.exists(path):
                 raise FileNotFoundError(f"run {name!r}: {path} not found (evaluate with the "
                                         "geometry suite writes it)")
-            with np.load(path) as z:
-                loaded[name] = (z["image"], z["text"])
+            z = paths.load_npz(path)
+            loaded[name] = (z["image"], z["text"])
         else:
             loaded[name] = run
     fig, axes = plt.subplots(1, len(loaded), figsize=(4.5 * len(loaded), 4.8), squeeze=False)
@@ -131,8 +133,7 @@ def recall_chart(values: Mapping[str, float], out_path: str, ks: Sequence[int] =
 
 
 def _save(fig, out_path: str) -> str:
-    os.makedirs(os.path.dirname(os.path.abspath(out_path)), exist_ok=True)
     fig.tight_layout()
-    fig.savefig(out_path, dpi=110)
+    paths.save_figure(fig, out_path, dpi=110)
     plt.close(fig)
     return out_path

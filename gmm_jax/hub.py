@@ -23,6 +23,8 @@ import re
 import shutil
 from typing import Any, Optional
 
+from gmm_jax import paths
+
 # OpenCLIP's pretrained tags for the ViT CLIP models this project converts: tag ->
 # (hub repo, whether the weights were trained with quick_gelu). Facts read from
 # open_clip's pretrained.py (open_clip_torch 3.3.0); the weights of every entry sit in
@@ -126,7 +128,7 @@ def parse_openclip_name(name: str) -> Optional[tuple[str, str, bool]]:
 
 def hub_format(name: str) -> Optional[str]:
     """"hf" / "openclip" when ``name`` reads as a hub name (and is no existing path)."""
-    if not name or os.path.exists(name) or "://" in name:
+    if not name or "://" in name or paths.exists(name):
         return None
     if name.startswith(HF_HUB_PREFIX) or _OPENCLIP_NAME.match(name):
         return "openclip"

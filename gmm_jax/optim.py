@@ -8,7 +8,7 @@ import optax
 from gmm_jax import loss_spec
 
 TEMP_MODES_TRAINED = loss_spec.TRAINED_TEMPERATURES
-# Parameters that are never decayed although they are matrices (SPEC / OpenAI practice).
+# Parameters that are never decayed although they are matrices (OpenAI's practice; docs/method.md).
 _NO_DECAY_NAMES = ("positional_embedding", "class_embedding", "logit_scale")
 
 

@@ -7,8 +7,6 @@
 """
 from __future__ import annotations
 
-import json
-import os
 from typing import Optional
 
 import jax
@@ -16,6 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 
+from gmm_jax import paths
 from gmm_jax.models import CLIP, CLIPConfig
 
 CONFIG_FILE = "model_config.json"
@@ -24,38 +23,35 @@ PARAMS_DIR = "params"
 
 
 def save_config(out_dir: str, config: CLIPConfig) -> None:
-    os.makedirs(out_dir, exist_ok=True)
-    with open(os.path.join(out_dir, CONFIG_FILE), "w") as f:
-        json.dump(config.to_dict(), f, indent=2)
+    paths.write_json(paths.join(out_dir, CONFIG_FILE), config.to_dict())
 
 
 def load_config(model_dir: str) -> CLIPConfig:
-    path = os.path.join(model_dir, CONFIG_FILE)
-    if not os.path.isfile(path):
+    path = paths.join(model_dir, CONFIG_FILE)
+    if not paths.isfile(path):
         raise FileNotFoundError(f"{model_dir}: no {CONFIG_FILE} (not a gmm_jax model directory; "
                                 "create one with python -m gmm_jax.convert)")
-    with open(path) as f:
-        return CLIPConfig.from_dict(json.load(f))
+    return CLIPConfig.from_dict(paths.read_json(path))
 
 
 def save_pretrained(out_dir: str, config: CLIPConfig, params, tokenizer=None) -> str:
     """Write config, tokenizer (if given) and float32 params to ``out_dir``
     (an existing ``params/`` is replaced). Returns the absolute path."""
-    out_dir = os.path.abspath(out_dir)
+    out_dir = paths.absolute(out_dir)
     save_config(out_dir, config)
     if tokenizer is not None:
-        tokenizer.save(os.path.join(out_dir, TOKENIZER_DIR))
+        tokenizer.save(paths.join(out_dir, TOKENIZER_DIR))
     params = jax.tree.map(lambda a: np.asarray(a, np.float32), params)
     with ocp.PyTreeCheckpointer() as ckptr:
-        ckptr.save(os.path.join(out_dir, PARAMS_DIR), params, force=True)
+        ckptr.save(paths.join(out_dir, PARAMS_DIR), params, force=True)
     return out_dir
 
 
 def load_params(model_dir: str, config: Optional[CLIPConfig] = None):
     """The params of a model directory as jax arrays on the default device; with
     ``config``, checked against the shapes that config implies."""
-    path = os.path.join(os.path.abspath(model_dir), PARAMS_DIR)
-    if not os.path.isdir(path):
+    path = paths.join(paths.absolute(model_dir), PARAMS_DIR)
+    if not paths.isdir(path):
         raise FileNotFoundError(f"{model_dir}: no {PARAMS_DIR}/ checkpoint")
     with ocp.PyTreeCheckpointer() as ckptr:
         meta = ckptr.metadata(path)
@@ -85,9 +81,9 @@ def load_pretrained(model_dir: str, **config_overrides):
     params = load_params(model_dir, config)
     if config_overrides:
         config = config.replace(**config_overrides)
-    tok_dir = os.path.join(model_dir, TOKENIZER_DIR)
+    tok_dir = paths.join(model_dir, TOKENIZER_DIR)
     tokenizer = None
-    if os.path.isdir(tok_dir):
+    if paths.isdir(tok_dir):
         from gmm_jax.tokenizer import Tokenizer
         tokenizer = Tokenizer.from_path(tok_dir, context_length=config.context_length)
     return CLIP(config), params, tokenizer

@@ -3,8 +3,9 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from typing import Mapping, Sequence
+
+from gmm_jax import paths
 
 # Which way is better, by key pattern (first match wins); unknown keys get no arrow.
 _LOWER = ("gap/centroid_distance", "gap/linear_separability", "gap/uniformity",
@@ -31,28 +32,24 @@ def _fmt(x) -> str:
 
 def write_metrics(values: Mapping[str, float], out_dir: str, title: str = "Evaluation") -> tuple[str, str]:
     """Write ``metrics.json`` (flat, sorted keys) and ``metrics.md``; return both paths."""
-    os.makedirs(out_dir, exist_ok=True)
-    json_path, md_path = os.path.join(out_dir, "metrics.json"), os.path.join(out_dir, "metrics.md")
-    with open(json_path, "w") as f:
-        json.dump({k: values[k] for k in sorted(values)}, f, indent=1, allow_nan=True)
+    json_path, md_path = paths.join(out_dir, "metrics.json"), paths.join(out_dir, "metrics.md")
+    paths.write_json(json_path, {k: values[k] for k in sorted(values)}, indent=1, allow_nan=True)
     lines = [f"# {title}", "", "| metric | value | better |", "| --- | ---: | :---: |"]
     lines += [f"| `{k}` | {_fmt(values[k])} | {better(k)} |" for k in sorted(values)]
-    with open(md_path, "w") as f:
-        f.write("\n".join(lines) + "\n")
+    paths.write_text(md_path, "\n".join(lines) + "\n")
     return json_path, md_path
 
 
 def load_metrics(run_dir: str) -> dict:
     """``run_dir/metrics.json`` as a dict, with a clear error if missing or malformed."""
-    path = os.path.join(run_dir, "metrics.json") if os.path.isdir(run_dir) else run_dir
-    if not os.path.exists(path):
+    path = paths.join(run_dir, "metrics.json") if paths.isdir(run_dir) else run_dir
+    if not paths.exists(path):
         raise FileNotFoundError(f"no metrics.json in {run_dir!r}: evaluate that run first "
                                 "(python eval.py ... --out DIR)")
-    with open(path) as f:
-        try:
-            data = json.load(f)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{path}: not valid JSON ({e})") from e
+    try:
+        data = paths.read_json(path)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: not valid JSON ({e})") from e
     if not isinstance(data, dict):
         raise ValueError(f"{path}: expected a JSON object of metric -> value")
     return data
@@ -60,7 +57,7 @@ def load_metrics(run_dir: str) -> dict:
 
 def _run_names(dirs: Sequence[str]) -> list[str]:
     """Short unique names for run directories: the shortest distinguishing path tail."""
-    parts = [os.path.normpath(os.path.abspath(d)).split(os.sep) for d in dirs]
+    parts = [paths.absolute(d).rstrip("/").split("/") for d in dirs]
     for depth in range(1, max(len(p) for p in parts) + 1):
         names = ["/".join(p[-depth:]) for p in parts]
         if len(set(names)) == len(names):
@@ -106,14 +103,11 @@ def compare_runs(runs, out_path: str | None = None, title: str = "Runs side by s
     markdown = "\n".join(lines) + "\n"
     result = {"runs": table}
     if out_path is not None:
-        if os.path.isdir(out_path):
-            prefix = os.path.join(out_path, "compare")
+        if paths.isdir(out_path):
+            prefix = paths.join(out_path, "compare")
         else:
             prefix = out_path[:-3] if out_path.endswith(".md") else (
                 out_path[:-5] if out_path.endswith(".json") else out_path)
-            os.makedirs(os.path.dirname(os.path.abspath(prefix)), exist_ok=True)
-        with open(prefix + ".md", "w") as f:
-            f.write(markdown)
-        with open(prefix + ".json", "w") as f:
-            json.dump(result, f, indent=1, allow_nan=True)
+        paths.write_text(prefix + ".md", markdown)
+        paths.write_json(prefix + ".json", result, indent=1, allow_nan=True)
     return markdown, result

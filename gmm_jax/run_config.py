@@ -4,11 +4,10 @@ given config. Pure checks: nothing here writes to disk."""
 from __future__ import annotations
 
 import json
-import os
 
 import ml_collections
 
-from gmm_jax import losses, train_state as ts
+from gmm_jax import losses, paths, train_state as ts
 
 MODEL_FIELDS = ("embed_dim", "act", "image_size", "patch_size", "vision_width",
                 "vision_layers", "vision_heads", "vision_mlp_dim", "vocab_size",
@@ -94,9 +93,9 @@ def check_paths(config) -> None:
     """The directories a run starts from exist (before anything is written)."""
     for key in ("init", "tokenizer"):
         path = config.get(key)
-        if path and not os.path.exists(path):
+        if path and not paths.exists(path):
             raise FileNotFoundError(f"config.{key}={path!r} does not exist")
-    if config.init and not os.path.isdir(config.init):
+    if config.init and not paths.isdir(config.init):
         raise NotADirectoryError(f"config.init={config.init!r} is not a directory (a model "
                                  "directory from python -m gmm_jax.convert, or a run's workdir)")
 

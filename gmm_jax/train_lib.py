@@ -8,13 +8,11 @@ loading (``checkpointing.load_run``) in ``checkpointing``; the local loss in
 """
 from __future__ import annotations
 
-import json
 import logging
-import os
 import signal
 import sys
 import time
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import jax
 import jax.numpy as jnp
@@ -22,7 +20,7 @@ import ml_collections
 import numpy as np
 import optax
 
-from gmm_jax import checkpointing, cli, losses, optim, train_state as ts
+from gmm_jax import checkpointing, cli, losses, optim, paths, train_state as ts
 from gmm_jax.run_config import (  # noqa: F401 - re-exported: train_lib's public names
     CHOICES, MODEL_FIELDS, RESUME_MAY_CHANGE, check_paths, check_resumable, config_to_json,
     default_config, validate_config)
@@ -61,8 +59,8 @@ def build_model_and_tokenizer(config, workdir: str, load_params: bool = True):
     run_cfg = {"dtype": config.model.dtype, "remat": bool(config.model.remat)}
     if checkpointing.finished_steps(workdir):  # resuming
         mcfg = pretrained.load_config(workdir).replace(**run_cfg)
-        tok_dir = os.path.join(workdir, pretrained.TOKENIZER_DIR)
-        if not os.path.isdir(tok_dir):
+        tok_dir = paths.join(workdir, pretrained.TOKENIZER_DIR)
+        if not paths.isdir(tok_dir):
             raise FileNotFoundError(f"{workdir}: has checkpoints but no "
                                     f"{pretrained.TOKENIZER_DIR}/ directory")
         tok = Tokenizer.from_path(tok_dir, context_length=mcfg.context_length)
@@ -70,7 +68,7 @@ def build_model_and_tokenizer(config, workdir: str, load_params: bool = True):
     if config.init:
         from gmm_jax import hub  # a hub name -> its converted directory; paths unchanged
         init = hub.resolve_model_dir(config.init)
-        if os.path.isdir(os.path.join(init, checkpointing.CHECKPOINT_DIR)):
+        if paths.isdir(paths.join(init, checkpointing.CHECKPOINT_DIR)):
             model, params, tok, _, _ = checkpointing.load_run(init)  # a run's workdir
             model = CLIP(model.config.replace(**run_cfg))
         else:
@@ -124,7 +122,7 @@ class _Logger:
         self.writer, self.bar = None, None
         if enabled:
             import tensorflow as tf
-            self.writer = tf.summary.create_file_writer(os.path.join(workdir, "tensorboard"))
+            self.writer = tf.summary.create_file_writer(paths.join(workdir, "tensorboard"))
             if bar:
                 from tqdm.auto import tqdm
                 self.bar = tqdm(total=total, initial=start, unit="step", dynamic_ncols=True)
@@ -158,13 +156,26 @@ class _Logger:
             self.writer.close()
 
 
-def _run_eval(config, model, params, tok, out_dir, scale, mesh):
-    try:
-        from gmm_jax import eval_lib
-    except ImportError as e:
-        log.warning("eval hook skipped: gmm_jax.eval_lib is not importable (%s)", e)
-        return None
-    return eval_lib.evaluate(model, params, tok, config, out_dir, scale=scale, mesh=mesh)
+def _eval_end(config, total: int) -> int:
+    """The step whose ``at_end`` suites run: ``total`` when ``config.eval_at_end``,
+    else -1 (no step)."""
+    return total if config.eval_at_end else -1
+
+
+def _eval_due_fn(config, total: int) -> Callable[[int], bool]:
+    """``due(step)``: True when a suite of ``config.eval`` is due at ``step``: its own
+    ``log_every`` (0 = ``config.eval_every_steps``) or, with ``config.eval_at_end``, its
+    ``at_end``. The schedule is read once (reading the eval config costs milliseconds)."""
+    from gmm_jax import eval_lib
+    schedule, end = eval_lib.suite_schedule(config), _eval_end(config, total)
+    return lambda step: bool(eval_lib.due_in(schedule, step, end))
+
+
+def _run_eval(config, model, params, tok, out_dir, scale, mesh, step, total):
+    """The in-training eval hook: only the suites due at ``step`` run."""
+    from gmm_jax import eval_lib
+    return eval_lib.evaluate(model, params, tok, config, out_dir, scale=scale, mesh=mesh,
+                             step=step, total_steps=_eval_end(config, total))
 
 
 # --------------------------------------------------------------------------- training
@@ -230,17 +241,14 @@ def _close_all(*closers) -> None:
 def _write_run_files(workdir: str, mcfg, tok, config, fresh: bool) -> None:
     """``model_config.json``, ``tokenizer/`` (fresh runs: replacing any leftovers of a
     start that never saved) and ``config.json``."""
-    import shutil
-
     from gmm_jax import pretrained
     if fresh:
         pretrained.save_config(workdir, mcfg.replace(dtype="float32", remat=False))
-        tok_dir = os.path.join(workdir, pretrained.TOKENIZER_DIR)
-        if os.path.isdir(tok_dir):
-            shutil.rmtree(tok_dir)
+        tok_dir = paths.path(workdir) / pretrained.TOKENIZER_DIR
+        if tok_dir.is_dir():
+            tok_dir.rmtree()
         tok.save(tok_dir)
-    with open(os.path.join(workdir, "config.json"), "w") as f:
-        f.write(config_to_json(config))
+    paths.write_text(paths.join(workdir, "config.json"), config_to_json(config))
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
@@ -254,7 +262,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     non-finite loss (checked at log steps and before each save, which it never makes)."""
     validate_config(config)
     check_paths(config)
-    workdir = os.path.abspath(workdir)
+    workdir = paths.absolute(workdir)
     steps = checkpointing.finished_steps(workdir)
     latest = steps[-1] if steps else None
     if latest is not None:
@@ -268,8 +276,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     if config.batch_size % n_batch:
         raise ValueError(f"config.batch_size={config.batch_size} is not divisible by the "
                          f"{n_batch} data-parallel devices of the mesh {dict(mesh.shape)}")
-    created = not os.path.exists(workdir)
-    os.makedirs(workdir, exist_ok=True)
+    created = not paths.exists(workdir)
+    paths.makedirs(workdir)
     sigterm = _SigtermFlag()
     ckpt, failed = None, True
     try:  # every exit closes the checkpointer (its async threads) and the handler
@@ -281,8 +289,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     finally:
         _close_all(*(f for f in (ckpt and ckpt.close, sigterm.restore) if f))
         if failed and created and lead and not checkpointing.finished_steps(workdir):
-            import shutil  # a start that failed before any checkpoint leaves nothing behind
-            shutil.rmtree(workdir, ignore_errors=True)
+            # a start that failed before any checkpoint leaves nothing behind
+            paths.path(workdir).rmtree(missing_ok=True)
 
 
 def _train(config, workdir, latest, mesh, ckpt, sigterm, lead):
@@ -347,6 +355,7 @@ def _train(config, workdir, latest, mesh, ckpt, sigterm, lead):
                 f"it ({kept}). Lower config.optim.lr or set config.optim.grad_clip, and start "
                 f"a new --workdir (with --config.init={workdir} to go on from that checkpoint)")
 
+    eval_due = _eval_due_fn(config, total)
     try:
         for step in range(start + 1, total + 1):
             batch = next(it)
@@ -365,11 +374,11 @@ def _train(config, workdir, latest, mesh, ckpt, sigterm, lead):
             if save_now:
                 ckpt.save(step, state, it.get_state(), config_to_json(config))
                 last_saved = step
-            every = int(config.eval_every_steps)
-            if (every > 0 and step % every == 0) or (step == total and config.eval_at_end):
+            if eval_due(step):
                 scale = float(scale_fn(state["params"], state["step"]))
                 _run_eval(config, model, state["params"], tok,
-                          os.path.join(workdir, f"eval_step_{step}"), scale, mesh)
+                          paths.join(workdir, f"eval_step_{step}"), scale, mesh,
+                          step, total)
             if stopping:
                 log.warning("SIGTERM: saved step %d, stopping (resumable)", step)
                 break
@@ -377,7 +386,7 @@ def _train(config, workdir, latest, mesh, ckpt, sigterm, lead):
         logger.close()
         del it  # drops the input pipeline (tf.data iterator, prefetched batches)
     if lead and last_metrics:
-        with open(os.path.join(workdir, "train_metrics.json"), "w") as f:
-            json.dump({"step": step, **last_metrics}, f, indent=1, sort_keys=True)
+        paths.write_json(paths.join(workdir, "train_metrics.json"), {"step": step, **last_metrics},
+                         indent=1, sort_keys=True)
     return {"step": step, "metrics": last_metrics, "state": state,
             "stopped": bool(stopping and step < total)}

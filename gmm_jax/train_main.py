@@ -15,7 +15,7 @@ import sys
 from absl import app, flags
 from ml_collections import config_flags
 
-from gmm_jax import cli
+from gmm_jax import cli, paths
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Training config file.",
                                           lock_config=True)
@@ -51,7 +51,7 @@ def main(argv):
     logging.info("workdir %s, %d processes, %d devices", workdir, jax.process_count(),
                  jax.device_count())
     out = train_lib.train_and_evaluate(config, workdir)
-    where = os.path.abspath(workdir)
+    where = paths.absolute(workdir)
     if out.get("stopped"):
         print(f"{_prog()}: stopped at step {out['step']} (SIGTERM), resumable: run the same "
               f"command again to continue; workdir {where}")

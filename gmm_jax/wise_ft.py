@@ -28,11 +28,12 @@ alpha); each alpha's own eval output under ``DIR/evals/``. See docs/robustness.m
 from __future__ import annotations
 
 import logging
-import os
 import sys
 from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
+
+from gmm_jax import paths as fs  # `paths` names run directories below
 
 log = logging.getLogger(__name__)
 
@@ -56,12 +57,12 @@ def load_model(path: str, step: int | None = None):
     Raises WiseFTError naming ``path`` when it is neither or lacks a tokenizer.
     """
     from gmm_jax import checkpointing, pretrained
-    if not os.path.isdir(path):
+    if not fs.isdir(path):
         raise WiseFTError(f"{path!r} does not exist or is not a directory")
     try:
-        if os.path.isdir(os.path.join(path, checkpointing.CHECKPOINT_DIR)):
+        if fs.isdir(fs.join(path, checkpointing.CHECKPOINT_DIR)):
             model, params, tok, _, _ = checkpointing.load_run(path, step=step)
-        elif os.path.isfile(os.path.join(path, pretrained.CONFIG_FILE)):
+        elif fs.isfile(fs.join(path, pretrained.CONFIG_FILE)):
             model, params, tok = pretrained.load_pretrained(path)
         else:
             raise WiseFTError(
@@ -184,7 +185,7 @@ def run_names(paths: Sequence[str]) -> list[str]:
     """Report names of the fine-tuned runs: directory basenames, made unique."""
     names: list[str] = []
     for p in paths:
-        base = os.path.basename(os.path.normpath(p)) or "finetuned"
+        base = fs.basename(fs.absolute(p)) or "finetuned"
         name, k = base, 2
         while name in names or name == ZEROSHOT_NAME:
             name, k = f"{base}_{k}", k + 1
@@ -193,7 +194,7 @@ def run_names(paths: Sequence[str]) -> list[str]:
 
 
 def alpha_dir(out_dir: str, run: str, alpha: float) -> str:
-    return os.path.join(out_dir, "evals", run, f"alpha_{alpha:g}")
+    return fs.join(out_dir, "evals", run, f"alpha_{alpha:g}")
 
 
 def wise_ft_curve(model, params_a, finetuned: Mapping[str, object], tokenizer, config,
@@ -214,7 +215,7 @@ def wise_ft_curve(model, params_a, finetuned: Mapping[str, object], tokenizer, c
             if alpha == 0.0:
                 if zeroshot_values is None:
                     zeroshot_values = evaluate(
-                        model, params_a, tokenizer, config, os.path.join(
+                        model, params_a, tokenizer, config, fs.join(
                             out_dir, "evals", ZEROSHOT_NAME), mesh=mesh,
                         title="WiSE-FT: zero-shot model (alpha = 0)")
                 rows.append(dict(zeroshot_values))
@@ -336,15 +337,15 @@ def main(argv, F) -> None:
         out = F["out"].value
         result = wise_ft_curve(model, params_a, {n: p for n, (_, p) in runs.items()}, tok,
                                config, alphas, out, mesh=mesh)
-        result["zeroshot"] = os.path.abspath(F["zeroshot"].value)
-        result["finetuned"] = {n: os.path.abspath(p) for n, (p, _) in runs.items()}
+        result["zeroshot"] = fs.absolute(F["zeroshot"].value)
+        result["finetuned"] = {n: fs.absolute(p) for n, (p, _) in runs.items()}
         scale = config.eval.calibration.scale
         result["temperature"] = (f"fixed scale {scale:g}" if scale > 0 else
                                  "log(scale) interpolated like every tensor")
         md = wise_ft_report.write(result, out, F["id"].value, F["ood"].value,
                                   F["ece"].value)
         print(md)
-        print(f"wrote {os.path.join(out, 'wise_ft.json')}, wise_ft.md and figures")
+        print(f"wrote {fs.join(out, 'wise_ft.json')}, wise_ft.md and figures")
     except (WiseFTError, eval_lib.EvalError, FileNotFoundError) as e:
         _fail(str(e))
 

@@ -2,9 +2,7 @@
 ``wise_ft.md`` and the two figures (matplotlib, Agg backend)."""
 from __future__ import annotations
 
-import json
 import math
-import os
 from typing import Mapping, Sequence
 
 import matplotlib
@@ -13,6 +11,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from gmm_jax import paths  # noqa: E402
 from gmm_jax.wise_ft import WiseFTError  # noqa: E402
 
 
@@ -154,28 +153,24 @@ def write(result: Mapping, out_dir: str, id_metric: str = "", ood_metrics: str =
           ece_metrics: str = "") -> str:
     """Write ``wise_ft.json``, ``wise_ft.md``, ``wise_ft_id_ood.png`` and
     ``wise_ft_ece.png`` to ``out_dir``; returns the markdown."""
-    os.makedirs(out_dir, exist_ok=True)
-    path = os.path.join(out_dir, "wise_ft.json")
+    path = paths.join(out_dir, "wise_ft.json")
 
     def dump(data):
-        with open(path, "w") as f:
-            json.dump(data, f, indent=1, allow_nan=True)
+        paths.write_json(path, data, indent=1, allow_nan=True)
 
     dump(result)  # first without the metric choice: a bad flag loses no evaluation
     first = next(iter(result["metrics"].values()))[0]
     id_key, ood, ece = choose_metrics(first, id_metric, ood_metrics, ece_metrics)
     dump({**result, "id_metric": id_key, "ood_metrics": list(ood), "ece_metrics": list(ece)})
     md = markdown(result, id_key, ood, ece)
-    with open(os.path.join(out_dir, "wise_ft.md"), "w") as f:
-        f.write(md + "\n")
-    id_ood_figure(result, id_key, ood, os.path.join(out_dir, "wise_ft_id_ood.png"))
-    ece_figure(result, ece, os.path.join(out_dir, "wise_ft_ece.png"))
+    paths.write_text(paths.join(out_dir, "wise_ft.md"), md + "\n")
+    id_ood_figure(result, id_key, ood, paths.join(out_dir, "wise_ft_id_ood.png"))
+    ece_figure(result, ece, paths.join(out_dir, "wise_ft_ece.png"))
     return md
 
 
 def _save(fig, out_path: str) -> str:
-    os.makedirs(os.path.dirname(os.path.abspath(out_path)), exist_ok=True)
     fig.tight_layout()
-    fig.savefig(out_path, dpi=110)
+    paths.save_figure(fig, out_path, dpi=110)
     plt.close(fig)
     return out_path

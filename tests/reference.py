@@ -1,4 +1,4 @@
-"""Float64 NumPy restatements of SPEC §1-§4, written straight from the formulas.
+"""Float64 NumPy restatements of docs/method.md (geodesic interpolation, losses, metrics), written straight from the formulas.
 
 Deliberately naive (explicit arccos, explicit loops where clearer): these are
 the independent references the library is tested against.

@@ -1,4 +1,4 @@
-"""gmm_jax.metrics against brute-force float64 restatements of SPEC §4."""
+"""gmm_jax.metrics against brute-force float64 restatements of docs/method.md#metrics."""
 import tracemalloc
 
 import numpy as np

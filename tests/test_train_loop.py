@@ -108,7 +108,8 @@ def test_a_few_hundred_steps_on_the_demo_data_reduce_the_loss(tmp_path, data_dir
     _train(tmp_path, data_dir, "total_steps=240", "batch_size=32", 'loss.method="m2mix"',
            'data.train_split="source_train"', "log_every_steps=20",
            "checkpoint_every_steps=240", "optim.lr=0.002", "optim.warmup_frac=0.05",
-           "eval_at_end=true", 'eval.suites="retrieval,geometry"')
+           "eval_at_end=true", 'eval.suites="retrieval,geometry"',
+           "eval.geometry.log_every=120")
     total, clip, m2 = (_scalars(tmp_path, t) for t in ("loss/total", "loss/clip",
                                                        "loss/m2mix"))
     assert len(total) == 12 and len(clip) == 12 and len(m2) == 12
@@ -119,6 +120,13 @@ def test_a_few_hundred_steps_on_the_demo_data_reduce_the_loss(tmp_path, data_dir
     with open(tmp_path / "eval_step_240" / "metrics.json") as f:
         metrics = json.load(f)
     assert metrics["retrieval/i2t_r10"] > 0 and np.isfinite(metrics["gap/centroid_distance"])
+    # A suite with its own period ran alone at step 120 (eval_every_steps is 0).
+    with open(tmp_path / "eval_step_120" / "metrics.json") as f:
+        midway = json.load(f)
+    assert np.isfinite(midway["gap/centroid_distance"])
+    assert not any(k.startswith("retrieval/") for k in midway), sorted(midway)
+    assert sorted(p.name for p in tmp_path.glob("eval_step_*")) == ["eval_step_120",
+                                                                     "eval_step_240"]
 
 
 def test_fine_tuning_starts_from_config_init_in_bf16(tmp_path, data_dir):

@@ -11,12 +11,12 @@ r"""Captioning metrics of one model on the data of a config.
 from __future__ import annotations
 
 import json
-import os
 import sys
 
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from gmm_jax import paths
 from gmm_jax.captioning.config import captioning_config
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Train/eval config file (its "
@@ -56,11 +56,9 @@ def main(argv):
                                          _TRAIN_SPLIT.value, _TEST_SPLIT.value)
     except (FileNotFoundError, ValueError) as e:
         _fail(str(e))
-    os.makedirs(_OUT.value, exist_ok=True)
-    with open(os.path.join(_OUT.value, "captioning.json"), "w") as f:
-        json.dump(metrics, f, indent=1, sort_keys=True)
-    with open(os.path.join(_OUT.value, "captioning_samples.md"), "w") as f:
-        f.write(md)
+    paths.write_json(paths.join(_OUT.value, "captioning.json"), metrics, indent=1,
+                     sort_keys=True)
+    paths.write_text(paths.join(_OUT.value, "captioning_samples.md"), md)
     for k, v in sorted(metrics.items()):
         logging.info("%s = %s", k, v)
     print(json.dumps(metrics, indent=1, sort_keys=True))

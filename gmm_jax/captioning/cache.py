@@ -10,12 +10,13 @@ from __future__ import annotations
 import functools
 import hashlib
 import logging
-import os
 import re
 from typing import Callable, Iterable
 
 import jax
 import numpy as np
+
+from gmm_jax import paths
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +76,7 @@ def cache_file(cache_dir: str, fingerprint: str, split: str) -> str:
     """``<cache_dir>/<fingerprint>/<split slug>-<hash of split>.npz``."""
     slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", split).strip("_")[:60] or "split"
     digest = hashlib.blake2b(split.encode(), digest_size=4).hexdigest()
-    return os.path.join(cache_dir, fingerprint, f"{slug}-{digest}.npz")
+    return paths.join(cache_dir, fingerprint, f"{slug}-{digest}.npz")
 
 
 def cached_image_embeddings(encode_image_fn: Callable, images, *, cache_dir: str | None,
@@ -92,15 +93,13 @@ def cached_image_embeddings(encode_image_fn: Callable, images, *, cache_dir: str
     if not cache_dir or not fingerprint:
         return compute()
     path = cache_file(cache_dir, fingerprint, split)
-    if os.path.exists(path):
-        with np.load(path) as z:
-            if str(z["split"]) == split and str(z["fingerprint"]) == fingerprint:
-                log.info("captioning: image embeddings of %s from %s", split, path)
-                return np.asarray(z["embeddings"], np.float32)
+    if paths.exists(path):
+        z = paths.load_npz(path)
+        if str(z["split"]) == split and str(z["fingerprint"]) == fingerprint:
+            log.info("captioning: image embeddings of %s from %s", split, path)
+            return np.asarray(z["embeddings"], np.float32)
         log.warning("captioning: %s holds another split or model; recomputing", path)
     emb = compute()
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    tmp = f"{path}.tmp-{os.getpid()}.npz"
-    np.savez(tmp, embeddings=emb, split=np.asarray(split), fingerprint=np.asarray(fingerprint))
-    os.replace(tmp, path)
+    paths.save_npz(path, atomic=True, embeddings=emb, split=np.asarray(split),
+                   fingerprint=np.asarray(fingerprint))
     return emb

@@ -1,4 +1,4 @@
-"""Every training knob with its default (SPEC §2-§3, §5). Other configs start from this.
+"""Every training knob with its default (docs/method.md: recipes, temperature, set-up). Other configs start from this.
 
     python train.py --config=configs/default.py --workdir=DIR --config.loss.method=m2mix
 

@@ -14,10 +14,12 @@ and, where it applies, the field.
 from __future__ import annotations
 
 import csv
+import io
 import json
-import os
 import re
 from typing import Iterable
+
+from gmm_jax import paths
 
 CAPTION_EXTS = (".jsonl", ".ndjson", ".csv", ".tsv")
 _JSON_EXTS = (".jsonl", ".json", ".ndjson")
@@ -90,7 +92,7 @@ def parse_captions_file(path: str) -> list[tuple[str, list[str]]]:
     ``path:line`` (and the field) for malformed lines, missing keys or columns, and
     empty captions.
     """
-    if not os.path.isfile(path):
+    if not paths.isfile(path):
         raise FileNotFoundError(f"captions file not found: {path}")
     grouped: dict[str, list[str]] = {}
 
@@ -102,8 +104,9 @@ def parse_captions_file(path: str) -> list[tuple[str, list[str]]]:
             raise ValueError(f"{where}: no captions (field 'captions')")
         grouped.setdefault(image.strip(), []).extend(caps)
 
-    ext = os.path.splitext(path)[1].lower()
-    with open(path, encoding="utf-8", newline="") as f:
+    ext = paths.path(path).suffix.lower()
+    # newline="": the csv module sees line ends as they are (quoted fields may hold them)
+    with io.StringIO(paths.read_text(path), newline="") as f:
         if ext in _JSON_EXTS:
             _read_jsonl(f, path, add)
         elif ext in _CSV_EXTS:
@@ -122,17 +125,17 @@ def split_files(files_path: str) -> dict[str, str]:
     A file is the single split ``train``. A directory contributes one split per
     ``<split>.jsonl`` / ``.csv`` (/ ``.ndjson`` / ``.tsv``) file, named by its stem.
     """
-    if os.path.isfile(files_path):
-        return {SINGLE_FILE_SPLIT: os.path.abspath(files_path)}
-    if not os.path.isdir(files_path):
+    if paths.isfile(files_path):
+        return {SINGLE_FILE_SPLIT: paths.absolute(files_path)}
+    if not paths.isdir(files_path):
         raise FileNotFoundError(f"captions file or directory not found: {files_path} "
                                 "(config.data.files_path)")
     found: dict[str, str] = {}
-    for name in sorted(os.listdir(files_path)):
-        stem, ext = os.path.splitext(name)
-        if ext.lower() not in CAPTION_EXTS or not os.path.isfile(os.path.join(files_path, name)):
+    for entry in sorted(paths.path(files_path).iterdir(), key=lambda p: p.name):
+        stem, ext = entry.stem, entry.suffix
+        if ext.lower() not in CAPTION_EXTS or not entry.is_file():
             continue
-        path = os.path.abspath(os.path.join(files_path, name))
+        path = paths.absolute(entry)
         if not _SPLIT_NAME.match(stem):
             raise ValueError(f"{path}: split file names must be <split>{ext} with letters, "
                              "digits and '_' only (the name becomes the split name)")

@@ -9,10 +9,10 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import os
 
 import tensorflow_datasets as tfds
 
+from gmm_jax import paths
 from gmm_jax.data.image_text_files import generate_pairs
 
 JSON_NAME = "dataset_flickr30k.json"
@@ -32,10 +32,10 @@ def check_manual_dir(manual_dir: str | None) -> tuple[str, str]:
     paths (and where to get them) if any is missing."""
     if not manual_dir:
         raise FileNotFoundError(f"flickr30k needs config.data.manual_dir. {MANUAL_INSTRUCTIONS}")
-    json_path = os.path.join(manual_dir, JSON_NAME)
-    img_dir = os.path.join(manual_dir, IMAGES_DIR)
-    missing = [p for p, ok in ((json_path, os.path.isfile(json_path)),
-                               (img_dir + "/", os.path.isdir(img_dir))) if not ok]
+    json_path = paths.join(manual_dir, JSON_NAME)
+    img_dir = paths.join(manual_dir, IMAGES_DIR)
+    missing = [p for p, ok in ((json_path, paths.isfile(json_path)),
+                               (img_dir + "/", paths.isdir(img_dir))) if not ok]
     if missing:
         raise FileNotFoundError(f"flickr30k: missing {', '.join(missing)}. "
                                 f"{MANUAL_INSTRUCTIONS}")
@@ -44,11 +44,10 @@ def check_manual_dir(manual_dir: str | None) -> tuple[str, str]:
 
 def read_karpathy_json(json_path: str) -> dict[str, list[tuple[str, list[str]]]]:
     """split -> [(filename, [raw captions])] in file order."""
-    with open(json_path, encoding="utf-8") as f:
-        try:
-            images = json.load(f)["images"]
-        except (json.JSONDecodeError, KeyError, TypeError) as e:
-            raise ValueError(f"{json_path}: not a Karpathy split file ({e})") from None
+    try:
+        images = paths.read_json(json_path)["images"]
+    except (json.JSONDecodeError, KeyError, TypeError) as e:
+        raise ValueError(f"{json_path}: not a Karpathy split file ({e})") from None
     out: dict[str, list] = {}
     for i, im in enumerate(images):
         try:

@@ -19,11 +19,11 @@ import dataclasses
 import hashlib
 import io
 import logging
-import os
 
 import tensorflow_datasets as tfds
 from PIL import Image
 
+from gmm_jax import paths
 from gmm_jax.data.captions_files import parse_captions_file, split_files
 
 __all__ = ["BadImageError", "ImageTextFiles", "ImageTextFilesConfig", "builder",
@@ -41,8 +41,7 @@ def load_image_bytes(path: str) -> bytes:
     """Read and fully decode an image (catches truncated/corrupt files); returns bytes
     ``tf.io.decode_image`` can read as RGB. Raises ``BadImageError`` naming the file."""
     try:
-        with open(path, "rb") as f:
-            data = f.read()
+        data = paths.read_bytes(path)
         with Image.open(io.BytesIO(data)) as im:
             im.load()  # decodes every pixel: a truncated or corrupt file raises here
             fmt, mode = im.format, im.mode
@@ -64,8 +63,7 @@ class ImageTextFilesConfig(tfds.core.BuilderConfig):
 
 def default_images_dir(files_path: str) -> str:
     """The folder image paths are relative to when ``images_dir`` is not given."""
-    return files_path if os.path.isdir(files_path) else os.path.dirname(
-        os.path.abspath(files_path))
+    return files_path if paths.isdir(files_path) else paths.dirname(files_path)
 
 
 def make_config(files_path: str, images_dir: str | None = None,
@@ -74,21 +72,20 @@ def make_config(files_path: str, images_dir: str | None = None,
     files' names and content and the options."""
     splits = split_files(files_path)            # FileNotFoundError names files_path
     images_dir = images_dir or default_images_dir(files_path)
-    if not os.path.isdir(images_dir):
+    if not paths.isdir(images_dir):
         raise FileNotFoundError(f"images directory not found: {images_dir} "
                                 "(config.data.images_dir)")
     h = hashlib.sha256()
     for split, path in sorted(splits.items()):
         h.update(f"{split}\0".encode())
-        with open(path, "rb") as f:
-            h.update(hashlib.sha256(f.read()).digest())
-    h.update(os.path.abspath(images_dir).encode())
+        h.update(hashlib.sha256(paths.read_bytes(path)).digest())
+    h.update(paths.absolute(images_dir).encode())
     h.update(str(bool(fail_on_bad_image)).encode())
-    base = os.path.basename(os.path.abspath(files_path).rstrip(os.sep))
-    stem = "".join(c if c.isalnum() else "_" for c in os.path.splitext(base)[0])[:40]
+    base = paths.path(paths.absolute(files_path).rstrip("/")).stem
+    stem = "".join(c if c.isalnum() else "_" for c in base)[:40]
     return ImageTextFilesConfig(name=f"{stem}_{h.hexdigest()[:12]}",
-                                files_path=os.path.abspath(files_path),
-                                images_dir=os.path.abspath(images_dir),
+                                files_path=paths.absolute(files_path),
+                                images_dir=paths.absolute(images_dir),
                                 fail_on_bad_image=fail_on_bad_image)
 
 
@@ -97,7 +94,7 @@ def generate_pairs(entries, images_dir: str, fail_on_bad_image: bool, stats: dic
     stats.setdefault("num_bad_images", 0)
     stats.setdefault("bad_images", [])
     for rel, caps in entries:
-        path = os.path.join(images_dir, rel)
+        path = paths.join(images_dir, rel)
         try:
             data = load_image_bytes(path)
         except BadImageError as e:

@@ -1,4 +1,4 @@
-"""OpenAI CLIP image preprocessing and training augmentation in TensorFlow (SPEC §5).
+"""OpenAI CLIP image preprocessing and training augmentation in TensorFlow (docs/method.md, the authors' set-up).
 
 All functions take one image ``uint8 (H, W, 3)`` (or its encoded bytes) and return
 ``float32 (S, S, 3)`` normalised with CLIP's mean/std. They run inside ``tf.data`` maps,

@@ -18,12 +18,12 @@ host needs are decoded. Sources (``config.data.name``):
 from __future__ import annotations
 
 import dataclasses
-import os
 from typing import Any, Callable
 
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
+from gmm_jax import paths
 from gmm_jax.data import demo, flickr30k, image_text_files
 
 SOURCES = ("coco", "flickr30k", "image_text_files", "demo", "class_captions")
@@ -147,7 +147,7 @@ def get_source(data_cfg, prepare: bool = True) -> Source:
                              "(a JSONL/CSV file, or a directory of <split>.jsonl/.csv files)")
         b = image_text_files.builder(files_path, cfg_get(data_cfg, "images_dir"), data_dir,
                                      bool(cfg_get(data_cfg, "fail_on_bad_image", False)))
-        single = os.path.isfile(files_path)  # one file: evaluate on it too, as before
+        single = paths.isfile(files_path)  # one file: evaluate on it too, as before
         src = Source(name, b, _captions_sequence,
                      default_splits=("train", "train") if single else None)
     elif name == "demo":

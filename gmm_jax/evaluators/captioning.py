@@ -5,6 +5,7 @@ Run with ``--config.eval.suites=...,captioning``; knobs in ``config.eval.caption
 """
 from __future__ import annotations
 
+from gmm_jax import paths
 from gmm_jax.evaluators.base import Evaluator, Result, register
 from gmm_jax.evaluators.context import load, take
 
@@ -50,6 +51,5 @@ class Captioning(Evaluator):
             train_emb, captions_by_image(train)[:n_train], test.image[:n_test],
             captions_by_image(test.rs)[:n_test], ctx.tokenizer, cfg)
         if ctx.is_writer:
-            with open(ctx.path("captioning_samples.md"), "w") as f:
-                f.write(samples)
+            paths.write_text(ctx.path("captioning_samples.md"), samples)
         return Result(metrics)

@@ -10,12 +10,11 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import os
 from typing import Any, Iterator
 
 import numpy as np
 
-from gmm_jax import metrics
+from gmm_jax import metrics, paths
 from gmm_jax.evaluators.base import DataMissing, EvalError
 
 log = logging.getLogger("gmm_jax.eval_lib")
@@ -67,7 +66,7 @@ def tfds_missing(name: str, data_dir: str | None, manual_dir: str | None = None,
     if builder.is_prepared():
         return None
     manual_only = getattr(builder, "MANUAL_DOWNLOAD_INSTRUCTIONS", None)
-    if manual_only and manual_dir and os.path.isdir(manual_dir):
+    if manual_only and manual_dir and paths.isdir(manual_dir):
         return None  # prepared from the user's archives, no network
     where = data_dir or "~/tensorflow_datasets"
     how = ("put its archives in a manual dir and set config.eval.zeroshot.manual_dir"
@@ -112,7 +111,7 @@ class EvalContext:
 
     def path(self, name: str) -> str | None:
         """``out_dir/name`` on the writing process, None elsewhere (figures: process 0)."""
-        return os.path.join(self.out_dir, name) if self.is_writer else None
+        return paths.join(self.out_dir, name) if self.is_writer else None
 
     # -- the retrieval split of config.data ------------------------------------
     def missing_retrieval(self) -> list[DataMissing]:
@@ -126,7 +125,7 @@ class EvalContext:
             from gmm_jax.data import flickr30k
             manual = self.data_field("manual_dir")
             if not flickr30k.builder(self.data_field("data_dir")).is_prepared() and not (
-                    manual and os.path.isdir(manual)):
+                    manual and paths.isdir(manual)):
                 return [DataMissing("flickr30k_karpathy (config.data.name=flickr30k)",
                                     "set config.data.manual_dir to the Flickr30k archives")]
         return []

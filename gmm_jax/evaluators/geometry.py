@@ -1,10 +1,8 @@
 """Modality-gap geometry of image / first-caption pairs of the retrieval split."""
 from __future__ import annotations
 
-import numpy as np
-
 from gmm_jax import eval_suites as S
-from gmm_jax import figures
+from gmm_jax import figures, paths
 from gmm_jax.evaluators.base import Evaluator, Result, register
 
 
@@ -29,7 +27,8 @@ class Geometry(Evaluator):
         values = S.geometry_suite(img, pairs, g.seed, g.uniformity_t, g.alignment_alpha)
         if ctx.is_writer:
             k = min(len(img), ctx.ecfg.figure_pairs)
-            np.savez_compressed(ctx.path("embeddings.npz"), image=img[:k], text=pairs[:k])
+            paths.save_npz(ctx.path("embeddings.npz"), compressed=True, image=img[:k],
+                           text=pairs[:k])
             figures.gap_projection(img, pairs, ctx.path("gap_projection.png"),
                                    max_pairs=ctx.ecfg.figure_pairs)
         return Result(values)

@@ -17,6 +17,7 @@ from typing import Iterable, Sequence
 import numpy as np
 import regex
 
+from gmm_jax import paths
 from gmm_jax.tokenizer import bpe, files
 from gmm_jax.tokenizer.bpe import EOT_TOKEN, NUM_BYTE_SYMBOLS, SOT_TOKEN
 
@@ -72,11 +73,11 @@ class Tokenizer:
         """Load from a Hugging Face tokenizer directory (vocab.json + merges.txt, or
         tokenizer.json) or an OpenAI ``bpe_simple_vocab_16e6.txt.gz`` (or plain text)."""
         path = os.fspath(path)
-        if not os.path.exists(path):
+        if not paths.exists(path):
             raise FileNotFoundError(f"tokenizer path does not exist: {path}")
-        if os.path.isfile(path) and os.path.basename(path) in files.HF_FILES:
-            path = os.path.dirname(path) or "."
-        if os.path.isdir(path):
+        if paths.isfile(path) and paths.basename(path) in files.HF_FILES:
+            path = paths.dirname(path)
+        if paths.isdir(path):
             if context_length == 77:  # the default: the directory's own length wins
                 context_length = files.read_context_length(path) or context_length
             encoder, merges, source = files.read_hf_dir(path)

@@ -14,6 +14,7 @@ import json
 import os
 from typing import Sequence
 
+from gmm_jax import paths
 from gmm_jax.tokenizer.bpe import EOT_TOKEN, EOW, PIECE_PATTERN, SOT_TOKEN
 
 OPENAI_VOCAB_NAME = "bpe_simple_vocab_16e6.txt.gz"
@@ -50,8 +51,7 @@ def find_openai_vocab() -> str:
 
 def read_openai_merges(path: str) -> Merges:
     """The merges of OpenAI's file (gzip or plain text; a header line, then 'a b')."""
-    with open(path, "rb") as f:
-        raw = f.read()
+    raw = paths.read_bytes(path)
     if raw[:2] == b"\x1f\x8b":
         raw = gzip.decompress(raw)
     lines = raw.decode("utf-8").split("\n")
@@ -70,14 +70,12 @@ def read_openai_merges(path: str) -> Merges:
 # ------------------------------------------------------------------ vocab.json + merges.txt
 
 def read_vocab_merges(directory: str) -> tuple[dict[str, int], Merges]:
-    vocab_file = os.path.join(directory, VOCAB_FILE)
-    merges_file = os.path.join(directory, MERGES_FILE)
-    with open(vocab_file, encoding="utf-8") as f:
-        encoder = json.load(f)
+    vocab_file = paths.join(directory, VOCAB_FILE)
+    merges_file = paths.join(directory, MERGES_FILE)
+    encoder = paths.read_json(vocab_file)
     if not isinstance(encoder, dict):
         raise ValueError(f"{vocab_file}: expected a JSON object token -> id")
-    with open(merges_file, encoding="utf-8") as f:
-        lines = f.read().split("\n")
+    lines = paths.read_text(merges_file).split("\n")
     merges = []
     for lineno, line in enumerate(lines, start=1):
         if not line.strip() or (lineno == 1 and line.startswith("#version")):
@@ -92,26 +90,21 @@ def read_vocab_merges(directory: str) -> tuple[dict[str, int], Merges]:
 def write_vocab_merges(out_dir: str, encoder: dict[str, int], merges: Sequence[tuple[str, str]],
                        context_length: int) -> None:
     """vocab.json, merges.txt and a tokenizer_config.json that transformers reads."""
-    os.makedirs(out_dir, exist_ok=True)
-    with open(os.path.join(out_dir, VOCAB_FILE), "w", encoding="utf-8") as f:
-        json.dump(encoder, f, ensure_ascii=False)
-    with open(os.path.join(out_dir, MERGES_FILE), "w", encoding="utf-8") as f:
-        f.write("#version: 0.2\n")
-        f.writelines(f"{a} {b}\n" for a, b in merges)
+    paths.write_json(paths.join(out_dir, VOCAB_FILE), encoder, ensure_ascii=False, indent=None)
+    paths.write_text(paths.join(out_dir, MERGES_FILE),
+                     "#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in merges))
     config = {"tokenizer_class": "CLIPTokenizer", "model_max_length": context_length,
               "bos_token": SOT_TOKEN, "eos_token": EOT_TOKEN, "unk_token": EOT_TOKEN,
               "pad_token": EOT_TOKEN}
-    with open(os.path.join(out_dir, CONFIG_FILE), "w") as f:
-        json.dump(config, f, indent=1)
+    paths.write_json(paths.join(out_dir, CONFIG_FILE), config, indent=1)
 
 
 def read_context_length(directory: str) -> int | None:
     """``model_max_length`` of a tokenizer_config.json, when it is a plausible length."""
-    path = os.path.join(directory, CONFIG_FILE)
-    if not os.path.isfile(path):
+    path = paths.join(directory, CONFIG_FILE)
+    if not paths.isfile(path):
         return None
-    with open(path) as f:
-        max_len = json.load(f).get("model_max_length")
+    max_len = paths.read_json(path).get("model_max_length")
     return max_len if isinstance(max_len, int) and 2 <= max_len <= 4096 else None
 
 
@@ -160,11 +153,10 @@ def check_clip_pipeline(tj: dict, path: str) -> None:
 def read_tokenizer_json(path: str) -> tuple[dict[str, int], Merges]:
     """``(encoder, merges)`` of a Hugging Face ``tokenizer.json`` with CLIP's pipeline;
     special tokens listed only under ``added_tokens`` join the vocabulary."""
-    with open(path, encoding="utf-8") as f:
-        try:
-            tj = json.load(f)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{path}:{e.lineno}: invalid JSON ({e.msg})") from None
+    try:
+        tj = paths.read_json(path)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}:{e.lineno}: invalid JSON ({e.msg})") from None
     check_clip_pipeline(tj, path)
     model = tj["model"]
     encoder = dict(model.get("vocab") or {})
@@ -183,17 +175,17 @@ def read_tokenizer_json(path: str) -> tuple[dict[str, int], Merges]:
 
 def has_hf_tokenizer(directory: str) -> bool:
     """Whether ``directory`` holds a tokenizer this package reads."""
-    return (os.path.isfile(os.path.join(directory, TOKENIZER_JSON))
-            or all(os.path.isfile(os.path.join(directory, f)) for f in (VOCAB_FILE, MERGES_FILE)))
+    return (paths.isfile(paths.join(directory, TOKENIZER_JSON))
+            or all(paths.isfile(paths.join(directory, f)) for f in (VOCAB_FILE, MERGES_FILE)))
 
 
 def read_hf_dir(directory: str) -> tuple[dict[str, int], Merges, str]:
     """``(encoder, merges, source file)`` of a Hugging Face tokenizer directory:
     vocab.json + merges.txt when both exist, else tokenizer.json."""
-    if all(os.path.isfile(os.path.join(directory, f)) for f in (VOCAB_FILE, MERGES_FILE)):
+    if all(paths.isfile(paths.join(directory, f)) for f in (VOCAB_FILE, MERGES_FILE)):
         return (*read_vocab_merges(directory), directory)
-    tok_file = os.path.join(directory, TOKENIZER_JSON)
-    if os.path.isfile(tok_file):
+    tok_file = paths.join(directory, TOKENIZER_JSON)
+    if paths.isfile(tok_file):
         return (*read_tokenizer_json(tok_file), tok_file)
     raise FileNotFoundError(f"{directory}: expected vocab.json and merges.txt (or "
                             "tokenizer.json) in this tokenizer directory")
