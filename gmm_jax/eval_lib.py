@@ -20,14 +20,13 @@ import time
 from typing import Iterable
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding, PartitionSpec as P
 from tqdm.auto import tqdm
 
-from gmm_jax import evaluators, figures, paths, report
+from gmm_jax import evaluators, figures, losses, paths, report
 from gmm_jax.evaluators import DataMissing, EvalContext, EvalError, as_list  # noqa: F401
 from gmm_jax.evaluators.context import take as _take  # noqa: F401  (kept name)
 from gmm_jax.evaluators.zeroshot import DEMO_DATASETS as DEMO_ZEROSHOT  # noqa: F401
@@ -85,8 +84,7 @@ def _normalised_tower(model, method: str):
     """One jitted, L2-normalised tower per (architecture, method), shared by every
     parameter set: a WiSE-FT curve or repeated in-training evals compile once."""
     def fn(p, x):
-        f = model.apply({"params": p}, x, method=method).astype(jnp.float32)
-        return f / jnp.maximum(jnp.linalg.norm(f, axis=-1, keepdims=True), 1e-12)
+        return losses.l2_normalize(model.apply({"params": p}, x, method=method))
     return jax.jit(fn)
 
 

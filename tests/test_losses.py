@@ -278,12 +278,12 @@ def test_loss_spec_errors_name_the_key(key, value, match):
 
 def test_loss_spec_is_frozen_and_accepted_by_build_objective():
     from gmm_jax.loss_spec import LossSpec
-    spec = LossSpec.from_config(_cfg(method="m3mix", c_vl=0.2))
+    spec = LossSpec.from_config(_cfg(method="m2mix", c_m2=0.2))
     with pytest.raises(dataclasses.FrozenInstanceError):
         spec.method = "clip"
     v, t, _ = _inputs(8, 16, 5)
     args = (jnp.asarray(v, jnp.float32), jnp.asarray(t, jnp.float32), 10.0,
             jax.random.key(1), 2)
     from_spec = losses.build_objective(spec)(*args)[0]
-    from_cfg = losses.build_objective(_cfg(method="m3mix", c_vl=0.2))(*args)[0]
+    from_cfg = losses.build_objective(_cfg(method="m2mix", c_m2=0.2))(*args)[0]
     assert float(from_spec) == float(from_cfg)

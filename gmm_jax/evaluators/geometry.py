@@ -1,8 +1,7 @@
 """Modality-gap geometry of image / first-caption pairs of the retrieval split."""
 from __future__ import annotations
 
-from gmm_jax import eval_suites as S
-from gmm_jax import figures, paths
+from gmm_jax import eval_suites, figures, paths
 from gmm_jax.evaluators.base import Evaluator, Result, register
 
 
@@ -22,9 +21,9 @@ class Geometry(Evaluator):
     def run(self, ctx) -> Result:
         data = ctx.retrieval(ctx.ecfg.retrieval.split)
         img = data.image
-        pairs = data.text[S.first_caption_index(data.t2i, len(img))]
+        pairs = data.text[eval_suites.first_caption_index(data.t2i, len(img))]
         g = self.cfg
-        values = S.geometry_suite(img, pairs, g.seed, g.uniformity_t, g.alignment_alpha)
+        values = eval_suites.geometry_suite(img, pairs, g.seed, g.uniformity_t, g.alignment_alpha)
         if ctx.is_writer:
             k = min(len(img), ctx.ecfg.figure_pairs)
             paths.save_npz(ctx.path("embeddings.npz"), compressed=True, image=img[:k],
