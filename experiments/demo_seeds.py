@@ -99,8 +99,9 @@ def markdown(agg: dict, keys, title: str, baseline: str = "ft") -> str:
 def main(argv):
     if len(argv) > 1:
         sys.exit(f"demo_seeds.py: error: unexpected arguments {argv[1:]}")
-    from absl import logging as absl_logging
     import logging
+
+    from absl import logging as absl_logging
     absl_logging.set_verbosity(absl_logging.WARNING)
     logging.getLogger("gmm_jax").setLevel(logging.INFO)
     from gmm_jax import demo_flow

@@ -1,0 +1,261 @@
+r"""The demo's comparison over a grid of config keys x fine-tuning seeds (the paper's sweep).
+
+    python experiments/sweep.py --workdir=runs/sweep --seeds=0,1,2,3,4 \
+        --grid="loss.c_m2=0.001,0.005,0.01,0.05;optim.lr=1e-4,3e-4" \
+        [--config.demo.runs=ft,m2mix,m3mix,cua] [--config.X=...]
+
+Each cell of the grid (one value per key) and seed is a full demo flow
+(``demo_flow.run`` with the cell's overrides and ``config.seed = s``) in
+``WORKDIR/<cell>/seed<s>``, from the same pre-trained model (the shipped one unless
+``--config.demo.pretrain.rebuild=True``). Resumable: a cell-seed whose
+``demo_report.json`` was written for the same overrides is read back, not rerun (and
+``demo_flow`` itself reuses finished stages of an interrupted one). Cells run one after
+another: on a 2-core machine two trainings at once are no faster.
+
+Writes ``WORKDIR/sweep_report.json`` (per cell: ``runs.<run>.<metric> = {mean, std,
+values}``, ``vs_ft.<run>.<metric> = {mean, lo, hi, n, excludes_zero}``: the paired
+per-seed difference with ft and its 95% Student-t interval, see
+``gmm_jax.paired_stats``), ``sweep_report.md`` (one table per headline metric) and
+``sweep_<metric>.png`` (one figure per headline metric: mean ± std over seeds per cell).
+"""
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import sys
+import time
+from typing import Callable
+
+from absl import app, flags
+from ml_collections import config_flags
+
+_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, _ROOT)
+
+FLAGS = flags.FLAGS
+DEFAULT_METRICS = ("retrieval/i2t_r1,retrieval/t2i_r1,retrieval/rsum,"
+                   "zeroshot/gmm_demo_target_test/top1,calibration/ece,gap/centroid_distance")
+
+
+def define_flags():
+    """Only when run as a script (importing this module for its functions defines none)."""
+    config_flags.DEFINE_config_file("config", os.path.join(_ROOT, "configs", "demo.py"),
+                                    "Demo config file.", lock_config=True)
+    flags.DEFINE_string("workdir", "runs/sweep", "Output directory.")
+    flags.DEFINE_string("seeds", "0,1,2,3,4", "Fine-tuning seeds, comma-separated.")
+    flags.DEFINE_string("grid", "loss.c_m2=0.001,0.005,0.01,0.05",
+                        "KEY=V1,V2,...;KEY2=... (config keys, ';'-separated)")
+    flags.DEFINE_string("metrics", DEFAULT_METRICS,
+                        "Headline metrics: one table and one figure each.")
+
+
+BASELINE = "ft"
+
+
+def parse_grid(text: str) -> dict[str, list]:
+    """``"a.b=1,2;c=x"`` -> ``{"a.b": [1, 2], "c": ["x"]}`` (numbers parsed)."""
+    grid = {}
+    for part in filter(None, (p.strip() for p in text.split(";"))):
+        key, sep, values = part.partition("=")
+        if not sep or not key.strip() or not values.strip():
+            raise ValueError(f"--grid: {part!r} is not KEY=V1,V2,...")
+        grid[key.strip()] = [_value(v.strip()) for v in values.split(",") if v.strip()]
+    return grid
+
+
+def _value(v: str):
+    for cast in (int, float):
+        try:
+            return cast(v)
+        except ValueError:
+            pass
+    return {"True": True, "False": False}.get(v, v)
+
+
+def cells(grid: dict[str, list]) -> list[dict]:
+    """Every combination of the grid's values, in order."""
+    keys = list(grid)
+    return [dict(zip(keys, vals)) for vals in itertools.product(*(grid[k] for k in keys))]
+
+
+def cell_name(cell: dict) -> str:
+    return "_".join(f"{k.split('.')[-1]}={v}" for k, v in cell.items()) or "default"
+
+
+def apply(config, cell: dict, seed: int):
+    """A copy of ``config`` (demo section kept) with the cell's keys and the seed set;
+    an unknown key is an error naming it."""
+    import copy
+    cfg = copy.deepcopy(config)
+    with cfg.unlocked():
+        for key, v in cell.items():
+            *path, last = key.split(".")
+            node = cfg
+            for p in path:
+                node = node[p]
+            if last not in node:
+                raise KeyError(f"--grid: unknown config key {key!r}")
+            node[last] = type(node[last])(v) if isinstance(node[last], float) else v
+        cfg.seed = seed
+    return cfg
+
+
+def run_grid(config, workdir: str, grid: dict, seeds: list[int],
+             run_one: Callable[[object, str], dict]) -> dict:
+    """``{cell_name: {seed: demo report}}``; ``run_one(cfg, dir)`` returns a demo report
+    and is skipped when ``dir/sweep_cell.json`` records the same overrides and the report
+    exists."""
+    out = {}
+    for cell in cells(grid):
+        name = cell_name(cell)
+        out[name] = {}
+        for s in seeds:
+            d = os.path.join(workdir, name, f"seed{s}")
+            marker, report = os.path.join(d, "sweep_cell.json"), os.path.join(
+                d, "demo_report.json")
+            want = {"cell": cell, "seed": s}
+            if os.path.exists(report) and _read(marker) == want:
+                out[name][s] = _read(report)
+                continue
+            print(f"\n######## {name} seed {s}", flush=True)
+            out[name][s] = run_one(apply(config, cell, s), d)
+            os.makedirs(d, exist_ok=True)
+            with open(marker, "w") as f:
+                json.dump(want, f)
+    return out
+
+
+def _read(path):
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        return json.load(f)
+
+
+def aggregate(results: dict, metrics: list[str], baseline: str = BASELINE) -> dict:
+    """Per cell: mean/std over seeds per run and metric, and each run's paired difference
+    with ``baseline`` with its 95% t interval."""
+    import numpy as np
+
+    from gmm_jax import paired_stats
+    agg = {}
+    for name, by_seed in results.items():
+        seeds = sorted(by_seed)
+        runs = list(by_seed[seeds[0]]["runs"])
+        cell = {"runs": {}, "vs_" + baseline: {}}
+        for r in runs:
+            vals = {k: [by_seed[s]["runs"][r][k] for s in seeds] for k in metrics
+                    if all(k in by_seed[s]["runs"][r] for s in seeds)}
+            cell["runs"][r] = {k: {"mean": float(np.mean(v)),
+                                   "std": float(np.std(v, ddof=1)) if len(v) > 1 else 0.0,
+                                   "values": [float(x) for x in v]} for k, v in vals.items()}
+        for r in runs:
+            if r in (baseline, "pretrained") or baseline not in runs or len(seeds) < 2:
+                continue
+            cell["vs_" + baseline][r] = {}
+            for k in cell["runs"][r]:
+                if k in cell["runs"][baseline]:
+                    iv = paired_stats.t_interval(cell["runs"][r][k]["values"],
+                                                 cell["runs"][baseline][k]["values"])
+                    cell["vs_" + baseline][r][k] = {**iv._asdict(),
+                                                    "excludes_zero": iv.excludes_zero()}
+        agg[name] = cell
+    return agg
+
+
+def markdown(agg: dict, metric: str, baseline: str = BASELINE) -> str:
+    """One table: rows = cells, columns = runs (mean ± std) and run − baseline [95% CI]."""
+    from gmm_jax import report as R
+    runs = list(next(iter(agg.values()))["runs"])
+    others = [r for r in runs if r not in (baseline, "pretrained")]
+    head = ["cell"] + [f"{r}" for r in runs] + [f"{o} − {baseline} [95% CI]" for o in others]
+    lines = [f"### `{metric}` ({R.better(metric)})", "", "| " + " | ".join(head) + " |",
+             "| --- | " + " | ".join("---:" for _ in head[1:]) + " |"]
+    for name, cell in agg.items():
+        row = [name]
+        for r in runs:
+            s = cell["runs"][r].get(metric)
+            row.append(f"{s['mean']:.4g} ± {s['std']:.2g}" if s else "–")
+        for o in others:
+            d = cell["vs_" + baseline].get(o, {}).get(metric)
+            row.append(f"{d['mean']:+.3g} [{d['lo']:+.3g}, {d['hi']:+.3g}]"
+                       + (" *" if d["excludes_zero"] else "") if d else "–")
+        lines.append("| " + " | ".join(row) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def figure(agg: dict, metric: str, out_path: str) -> str:
+    """Mean ± std over seeds of every run, per cell."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    names = list(agg)
+    runs = list(next(iter(agg.values()))["runs"])
+    fig, ax = plt.subplots(figsize=(max(4.0, 1.2 * len(names) + 2), 3.2))
+    width = 0.8 / max(len(runs), 1)
+    for i, r in enumerate(runs):
+        stats = [agg[n]["runs"][r].get(metric, {"mean": float("nan"), "std": 0.0})
+                 for n in names]
+        xs = [j + (i - (len(runs) - 1) / 2) * width for j in range(len(names))]
+        ax.errorbar(xs, [s["mean"] for s in stats], yerr=[s["std"] for s in stats],
+                    fmt="o", capsize=3, label=r)
+    ax.set_xticks(range(len(names)), names, rotation=20, ha="right", fontsize=7)
+    ax.set_ylabel(metric, fontsize=8)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out_path, dpi=110)
+    plt.close(fig)
+    return out_path
+
+
+def write_reports(workdir: str, results: dict, metrics: list[str], command: str) -> dict:
+    agg = aggregate(results, metrics)
+    with open(os.path.join(workdir, "sweep_report.json"), "w") as f:
+        json.dump({"command": command, "cells": agg}, f, indent=1)
+    md = ["# Demo sweep", "", f"Command: `{command}`", "",
+          "Mean ± sample std over the fine-tuning seeds; `X − ft`: mean paired per-seed "
+          "difference with its 95% Student-t interval, `*` where it excludes zero.", ""]
+    figs = {}
+    for m in metrics:
+        md.append(markdown(agg, m))
+        figs[m] = figure(agg, m, os.path.join(workdir, "sweep_" + m.replace("/", "_") + ".png"))
+        md.append(f"![{m}]({os.path.basename(figs[m])})\n")
+    with open(os.path.join(workdir, "sweep_report.md"), "w") as f:
+        f.write("\n".join(md))
+    return {"agg": agg, "figures": figs}
+
+
+def main(argv):
+    if len(argv) > 1:
+        sys.exit(f"sweep.py: error: unexpected arguments {argv[1:]}")
+    from gmm_jax import demo_flow
+    config = FLAGS.config
+    if "demo" not in config:
+        sys.exit("sweep.py: error: --config has no demo section (use configs/demo.py)")
+    workdir = os.path.abspath(FLAGS.workdir)
+    os.makedirs(workdir, exist_ok=True)
+    seeds = [int(s) for s in FLAGS.seeds.split(",") if s.strip()]
+    metrics = [m.strip() for m in FLAGS.metrics.split(",") if m.strip()]
+    try:
+        grid = parse_grid(FLAGS.grid)
+        for c in cells(grid):
+            apply(config, c, 0)  # unknown keys fail before anything runs
+    except (KeyError, ValueError) as e:
+        sys.exit(f"sweep.py: error: {e}")
+    cmd = " ".join(["python experiments/sweep.py"] + sys.argv[1:])
+    t0 = time.perf_counter()
+
+    def run_one(cfg, d):
+        demo_flow.run(cfg, d, command=cmd)
+        return _read(os.path.join(d, "demo_report.json"))
+
+    results = run_grid(config, workdir, grid, seeds, run_one)
+    write_reports(workdir, results, metrics, cmd)
+    print(f"sweep finished in {time.perf_counter() - t0:.0f} s: "
+          f"{os.path.join(workdir, 'sweep_report.md')}")
+
+
+if __name__ == "__main__":
+    define_flags()
+    app.run(main)
