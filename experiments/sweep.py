@@ -6,8 +6,8 @@ r"""The demo's comparison over a grid of config keys x fine-tuning seeds (the pa
 
 Each cell of the grid (one value per key) and seed is a full demo flow
 (``demo_flow.run`` with the cell's overrides and ``config.seed = s``) in
-``WORKDIR/<cell>/seed<s>``, from the same pre-trained model (the shipped one unless
-``--config.demo.pretrain.rebuild=True``). Resumable: a cell-seed whose
+``WORKDIR/<cell>/seed<s>``, from the same pre-trained model (the demo's pre-training
+stage, whose settings no cell may change). Resumable: a cell-seed whose
 ``demo_report.json`` was written for the same overrides is read back, not rerun (and
 ``demo_flow`` itself reuses finished stages of an interrupted one). Cells run one after
 another: on a 2-core machine two trainings at once are no faster.
