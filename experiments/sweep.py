@@ -6,8 +6,9 @@ r"""The demo's comparison over a grid of config keys x fine-tuning seeds (the pa
 
 Each cell of the grid (one value per key) and seed is a full demo flow
 (``demo_flow.run`` with the cell's overrides and ``config.seed = s``) in
-``WORKDIR/<cell>/seed<s>``, from the same pre-trained model (the demo's pre-training
-stage, whose settings no cell may change). Resumable: a cell-seed whose
+``WORKDIR/<cell>/seed<s>``, from the same pre-trained model (one pre-training in
+``WORKDIR/pretrain`` or ``--config.demo.pretrain_dir``, shared by every cell and seed:
+grid keys change fine-tuning only). Resumable: a cell-seed whose
 ``demo_report.json`` was written for the same overrides is read back, not rerun (and
 ``demo_flow`` itself reuses finished stages of an interrupted one). Cells run one after
 another: on a 2-core machine two trainings at once are no faster.
@@ -243,6 +244,8 @@ def main(argv):
             apply(config, c, 0)  # unknown keys fail before anything runs
     except (KeyError, ValueError) as e:
         sys.exit(f"sweep.py: error: {e}")
+    if not config.demo.pretrain_dir:  # one pre-training shared by every cell and seed
+        config.demo.pretrain_dir = os.path.join(workdir, "pretrain")
     cmd = " ".join(["python experiments/sweep.py"] + sys.argv[1:])
     t0 = time.perf_counter()
 
