@@ -7,11 +7,11 @@ offline; TFDS caches it under ``data_dir`` so later runs reuse it.
 """
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import io
 import multiprocessing
 import os
-import warnings
 from typing import Mapping, NamedTuple, Sequence
 
 import numpy as np
@@ -107,17 +107,13 @@ class GmmDemo(tfds.core.GeneratorBasedBuilder):
         if workers <= 1 or num < 256:
             yield from map(_render, jobs)
             return
-        # Rendering is the bottleneck (~1 ms/image); results are order-independent (TFDS
-        # orders by key). Forked workers run only NumPy/PIL code, never JAX or TF, so
-        # JAX's generic fork warning does not apply; PNG support is loaded before forking.
-        from PIL import PngImagePlugin  # noqa: F401
-        ctx = multiprocessing.get_context("spawn" if os.name == "nt" else "fork")
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=r"os\.fork\(\) was called",
-                                    category=RuntimeWarning)
-            pool = ctx.Pool(workers)
-        with pool:
-            yield from pool.imap_unordered(_render, jobs, chunksize=128)
+        # Rendering is the bottleneck (~1 ms/image). Fresh (spawned) workers, not forked
+        # ones: a fork of this process, whose JAX/TF threads may hold locks, can deadlock
+        # in the child (seen: a first demo run hung at 2% CPU). A worker that dies raises
+        # BrokenProcessPool here instead of leaving the generation waiting forever.
+        ctx = multiprocessing.get_context("spawn")
+        with concurrent.futures.ProcessPoolExecutor(workers, mp_context=ctx) as pool:
+            yield from pool.map(_render, jobs, chunksize=128)
 
 
 def builder(data_dir: str | None = None, config: str | GmmDemoConfig = "default") -> GmmDemo:
