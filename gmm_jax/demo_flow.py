@@ -102,7 +102,7 @@ def demo_section() -> ml_collections.ConfigDict:
     c.layers = 2
     c.heads = 2
     c.beam_size = 3
-    c.max_length = 16
+    c.max_length = 24               # tokens incl. SOT and EOT (= the CLIP context length)
     c.max_test_images = 500          # 0 = all
     c.num_samples = 5
     return d
