@@ -152,6 +152,18 @@ def test_demo_section_validation():
         config.demo.pretrain.lr = "fast"
     with pytest.raises(demo_flow.DemoError, match="pretrain.lr"):
         demo_flow.validate_demo(config)
+    # the WiSE-FT and captioning knobs: a bad value names its key
+    for key, value, match in (("wise_ft.alphas", "0,x", "demo.wise_ft.alphas"),
+                              ("captioning.seeds", "0,0", "demo.captioning.seeds"),
+                              ("captioning.heads", 3, "demo.captioning.width=64 is not "
+                                                      "divisible by heads=3")):
+        config = _demo_config()
+        section, k = key.split(".")
+        config.demo[section][k] = value
+        with pytest.raises(demo_flow.DemoError, match=match):
+            demo_flow.validate_demo(config)
+    config.demo.captioning.enabled = False  # a disabled stage is not checked
+    demo_flow.validate_demo(config)
     # the stage configs are ordinary configs: validated against gmm_jax/configs/default.py
     config = _demo_config()
     for cfg in (demo_flow.pretrain_config(config),
