@@ -45,5 +45,5 @@ def get_config(data_dir=None):
     config.demo.wise_ft.alphas = "0,1"  # the ends: the report's pre-trained and run rows
     c = config.demo.captioning
     c.seeds, c.steps, c.batch_size, c.width, c.layers, c.beam_size = "0,1", 4, 16, 32, 1, 2
-    c.max_test_images, c.num_samples = 8, 3
+    c.max_test_images, c.num_samples, c.max_length = 8, 3, 24
     return config
