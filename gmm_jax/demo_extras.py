@@ -78,17 +78,22 @@ def wise_ft_settings(config):
 
 
 def wise_ft_stage(config, workdir: str, stages: dict, markers: dict, names: list[str],
-                  mesh=None) -> dict:
+                  mesh=None, eval_dirs: dict | None = None) -> dict:
     """The WiSE-FT curve of every run in ``names`` (``stages[name]["dir"]``: training
     workdirs; ``stages["pretrained"]``: the zero-shot end) into ``workdir/wise_ft``.
+    Unless ``config.demo.wise_ft.reevaluate_ends``, the rows of alpha = 0 and 1 are the
+    models' own evaluations (``eval_dirs[name]``, same data and eval settings; exact
+    ends of the interpolation), which saves three evaluations.
     Returns ``wise_ft.json``'s content (``{"alphas", "metrics": {run: [rows]},
     "id_metric", "ood_metrics", "ece_metrics", ...}``), reused when unchanged."""
     from gmm_jax import wise_ft, wise_ft_report
     from gmm_jax.demo_flow import PRETRAINED, _write_json
     alphas, ecfg = wise_ft_settings(config)
     out = os.path.join(workdir, WISE_FT_DIR)
+    reuse = not config.demo.wise_ft.reevaluate_ends and eval_dirs is not None
     fp = {"models": {n: model_key(markers[n]) for n in [PRETRAINED] + names},
-          "alphas": alphas, "eval": json.loads(ecfg.eval.to_json_best_effort(sort_keys=True)),
+          "alphas": alphas, "reuse_ends": reuse,
+          "eval": json.loads(ecfg.eval.to_json_best_effort(sort_keys=True)),
           "data": json.loads(ecfg.data.to_json_best_effort(sort_keys=True))}
     fp["eval"].pop("progress", None)
     fp["data"].pop("train_split", None)
@@ -103,8 +108,11 @@ def wise_ft_stage(config, workdir: str, stages: dict, markers: dict, names: list
         wise_ft.check_compatible(params_a, params_b, PRETRAINED, n, model.config,
                                  model_b.config)
         finetuned[n] = params_b
-    result = wise_ft.wise_ft_curve(model, params_a, finetuned, tok, ecfg, alphas, out,
-                                   mesh=mesh)
+    inner = [a for a in alphas if not (reuse and a in (0.0, 1.0))]
+    result = wise_ft.wise_ft_curve(model, params_a, finetuned, tok, ecfg, inner, out,
+                                   mesh=mesh) if inner else {"metrics": {n: [] for n in names}}
+    if reuse:
+        result = _with_ends(result, alphas, inner, eval_dirs)
     result["zeroshot"] = stages[PRETRAINED]["dir"]
     result["finetuned"] = {n: stages[n]["dir"] for n in names}
     result["temperature"] = "log(scale) interpolated like every tensor"
@@ -114,6 +122,24 @@ def wise_ft_stage(config, workdir: str, stages: dict, markers: dict, names: list
         result = json.load(f)
     _write_json(os.path.join(out, STAGE_MARKER), fp)
     return result
+
+
+def _with_ends(result: dict, alphas: list, inner: list, eval_dirs: dict) -> dict:
+    """``result`` over ``inner`` alphas completed to ``alphas`` with the pre-trained
+    (alpha = 0) and each run's (alpha = 1) evaluation, on the keys the curve has."""
+    from gmm_jax.demo_flow import PRETRAINED
+    from gmm_jax.report import load_metrics
+    rows = {}
+    for name, got in result["metrics"].items():
+        by_alpha = dict(zip(inner, got))
+        keys = got[0].keys() if got else None
+        for a, src in ((0.0, PRETRAINED), (1.0, name)):
+            if a in alphas:
+                m = load_metrics(eval_dirs[src])
+                by_alpha[a] = {k: m[k] for k in (keys or m) if k in m}
+        rows[name] = [by_alpha[a] for a in alphas]
+    return {**result, "alphas": [float(a) for a in alphas], "metrics": rows,
+            "ends": "alpha = 0 and 1: the models' own evaluations (W/*/eval)"}
 
 
 def wise_ft_markdown(result: dict) -> list[str]:

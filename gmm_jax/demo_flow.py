@@ -91,6 +91,7 @@ def demo_section() -> ml_collections.ConfigDict:
     w.enabled = True
     w.alphas = "0,0.25,0.5,0.75,1"   # theta = (1 - alpha) * pre-trained + alpha * run
     w.suites = "retrieval,calibration,zeroshot"
+    w.reevaluate_ends = False        # alpha = 0 / 1: reuse the models' own evaluations
     c = d.captioning = ml_collections.ConfigDict()
     c.enabled = True
     c.seeds = "0,1,2"                # one captioner per seed and model; mean ± std
@@ -424,7 +425,7 @@ def run(config, workdir: str, command: str = "") -> dict:
                 f"{names} at alphas {config.demo.wise_ft.alphas}")
         t0 = time.perf_counter()
         extras["wise_ft"] = demo_extras.wise_ft_stage(config, workdir, stages, markers,
-                                                      names, mesh)
+                                                      names, mesh, eval_dirs)
         extra_stages["wise_ft"] = {"dir": os.path.join(workdir, demo_extras.WISE_FT_DIR),
                                    "seconds": round(time.perf_counter() - t0, 1)}
     if do_cap:

@@ -245,3 +245,18 @@ def test_captioning_equals_the_library_on_the_same_embeddings(demo_run):
     assert not np.allclose(embs["pretrained"], embs["ft"])  # each model's own embeddings
     md = open(os.path.join(workdir, "demo_report.md")).read()
     assert "## Captioning on frozen image embeddings" in md and "`captioning/cider`" in md
+
+
+def test_wise_ft_ends_default_to_the_models_own_evaluations(tmp_path):
+    """Without reevaluate_ends the alpha = 0 / 1 rows are the pre-trained model's and the
+    run's eval/metrics.json, on the keys of the interpolated rows."""
+    from gmm_jax import demo_extras, report
+    dirs = {}
+    for name, v in (("pretrained", 1.0), ("ft", 3.0)):
+        dirs[name] = str(tmp_path / name)
+        report.write_metrics({"zeroshot/x/top1": v, "gap/uniformity": -v}, dirs[name])
+    curve = {"alphas": [0.5], "metrics": {"ft": [{"zeroshot/x/top1": 2.0}]}}
+    out = demo_extras._with_ends(curve, [0.0, 0.5, 1.0], [0.5], dirs)
+    assert out["alphas"] == [0.0, 0.5, 1.0]
+    assert out["metrics"]["ft"] == [{"zeroshot/x/top1": 1.0}, {"zeroshot/x/top1": 2.0},
+                                    {"zeroshot/x/top1": 3.0}]
