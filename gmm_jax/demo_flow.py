@@ -86,6 +86,27 @@ def demo_section() -> ml_collections.ConfigDict:
     p.temperature = "learned"
     p.temp_lr_mult = 20.0          # lets the learned temperature rise as in CLIP (docs/demo.md)
     p.seed = 0
+    # After evaluation (gmm_jax.demo_extras; docs/demo.md): WiSE-FT curves of every run,
+    # and a captioner on each model's frozen image embeddings.
+    w = d.wise_ft = ml_collections.ConfigDict()
+    w.enabled = True
+    w.alphas = "0,0.25,0.5,0.75,1"   # theta = (1 - alpha) * pre-trained + alpha * run
+    w.suites = "retrieval,calibration,zeroshot"
+    w.reevaluate_ends = False        # alpha = 0 / 1: reuse the models' own evaluations
+    c = d.captioning = ml_collections.ConfigDict()
+    c.enabled = True
+    c.seeds = "0"                    # "0,1,2": mean ± std over captioner seeds (3x cost)
+    c.train_split = "target_train"   # scored on config.data.eval_split
+    c.steps = 600                    # 150 steps: every image got the same caption
+    c.batch_size = 64
+    c.prefix_length = 4
+    c.width = 64
+    c.layers = 2
+    c.heads = 2
+    c.beam_size = 3
+    c.max_length = 32                # tokens incl. SOT and EOT (demo captions: median 20)
+    c.max_test_images = 500          # 0 = all
+    c.num_samples = 5
     return d
 
 
@@ -116,6 +137,11 @@ def validate_demo(config) -> None:
                 raise DemoError(f"config.demo.{prefix}{k}={v!r}: expected {type(rv).__name__}")
     walk(config.demo, ref, "")
     run_names(config)
+    from gmm_jax import demo_extras
+    if config.demo.wise_ft.enabled:
+        demo_extras.wise_ft_settings(config)
+    if config.demo.captioning.enabled:
+        demo_extras.captioning_settings(config)
 
 
 # --------------------------------------------------------------------------- stage configs
@@ -279,17 +305,20 @@ def evaluate_stage(ecfg, stage_dir: str, marker: dict, mesh, title: str) -> str:
 
 # --------------------------------------------------------------------------- report
 
-def write_report(workdir: str, eval_dirs: dict, meta: dict) -> dict:
-    """``demo_report.json`` (``{"runs": {name: metrics}, "meta": ...}``), ``demo_report.md``
-    and the gap figures; returns the paths written."""
-    from gmm_jax import figures, report
+def write_report(workdir: str, eval_dirs: dict, meta: dict,
+                 extras: Optional[dict] = None) -> dict:
+    """``demo_report.json`` (``{"runs": {name: metrics}, "meta": ..., "wise_ft": ...,
+    "captioning": ...}``; the last two from ``extras`` when those stages ran),
+    ``demo_report.md`` and the gap figures; returns the paths written."""
+    from gmm_jax import demo_extras, figures, report
+    extras = {k: v for k, v in (extras or {}).items() if v is not None}
     runs = {name: report.load_metrics(d) for name, d in eval_dirs.items()}
     keys = sorted({k for m in runs.values() for k in m})
     head = [k for k in HEADLINE if k in keys]
     head_md, data = report.compare_runs(runs, None, "Headline metrics", keys=head)
     full_md, _ = report.compare_runs(runs, None, "All metrics", keys=keys)
     json_path = fs.join(workdir, "demo_report.json")
-    _write_json(json_path, {"runs": data["runs"], "meta": meta}, sort_keys=False)
+    _write_json(json_path, {"runs": data["runs"], "meta": meta, **extras}, sort_keys=False)
     paths = {"json": json_path}
     figs = {}
     figs["gap_side_by_side"] = figures.gap_figure_side_by_side(
@@ -301,6 +330,13 @@ def write_report(workdir: str, eval_dirs: dict, meta: dict) -> dict:
     paths.update(figs)
     stage_lines = [f"| {name} | {s.get('dir', '')} | {s.get('step', '')} | "
                    f"{s.get('train_seconds', '–')} |" for name, s in meta["stages"].items()]
+    stage_lines += [f"| {name} | {s['dir']} | | {s['seconds']} |"
+                    for name, s in meta.get("extra_stages", {}).items()]
+    sections = []
+    if "wise_ft" in extras:
+        sections += demo_extras.wise_ft_markdown(extras["wise_ft"])
+    if "captioning" in extras:
+        sections += demo_extras.captioning_markdown(extras["captioning"])
     md = ["# m²-Mix demo report", "",
           "Pre-trained = a small CLIP trained from scratch on the demo's source split; every "
           "other column fine-tunes it on the target split with that recipe (see "
@@ -309,10 +345,11 @@ def write_report(workdir: str, eval_dirs: dict, meta: dict) -> dict:
           "classification on target_test and the shifts. Bold = best run of each metric; "
           "↑/↓ = which way is better.", "",
           f"Command: `{meta['command']}`", "",
-          "| stage | workdir | step | train s |", "| --- | --- | ---: | ---: |",
+          "| stage | workdir | step | s |", "| --- | --- | ---: | ---: |",
           *stage_lines, "",
           *["![" + k + "](" + fs.basename(v) + ")" for k, v in figs.items()], "",
-          head_md.replace("# Headline", "## Headline"), full_md.replace("# All", "## All")]
+          head_md.replace("# Headline", "## Headline"), *sections,
+          full_md.replace("# All", "## All")]
     md_path = fs.join(workdir, "demo_report.md")
     fs.write_text(md_path, "\n".join(md) + "\n")
     paths["md"] = md_path
@@ -344,7 +381,9 @@ def run(config, workdir: str, command: str = "") -> dict:
     pre_dir = fs.absolute(config.demo.pretrain_dir or fs.join(workdir, "pretrain"))
     pre_cfg = pretrain_config(config)
     ecfg = eval_config(config)
-    n_stages = 1 + len(names) + 2
+    do_wise = bool(config.demo.wise_ft.enabled and names)
+    do_cap = bool(config.demo.captioning.enabled)
+    n_stages = 1 + len(names) + 2 + do_wise + do_cap
     stages, eval_dirs = {}, {}
     mesh = _mesh()
 
@@ -368,16 +407,39 @@ def run(config, workdir: str, command: str = "") -> dict:
         m = markers[name] = train_stage(cfg, run_dir, _banner)
         stages[name] = {"dir": run_dir, "step": m["step"], "train_seconds": m.get("seconds")}
 
-    _banner(f"[{n_stages - 1}/{n_stages}] evaluating {[PRETRAINED] + names} on "
+    _banner(f"[{2 + len(names)}/{n_stages}] evaluating {[PRETRAINED] + names} on "
             f"{ecfg.data.eval_split} and the shifted splits")
     for name in [PRETRAINED] + names:
         eval_dirs[name] = evaluate_stage(ecfg, stages[name]["dir"], markers[name], mesh, name)
 
+    from gmm_jax import demo_extras
+    extras, extra_stages, k = {}, {}, 2 + len(names)
+    if do_wise:
+        k += 1
+        _banner(f"[{k}/{n_stages}] WiSE-FT: interpolating the pre-trained model and "
+                f"{names} at alphas {config.demo.wise_ft.alphas}")
+        t0 = time.perf_counter()
+        extras["wise_ft"] = demo_extras.wise_ft_stage(config, workdir, stages, markers,
+                                                      names, mesh, eval_dirs)
+        extra_stages["wise_ft"] = {"dir": fs.join(workdir, demo_extras.WISE_FT_DIR),
+                                   "seconds": round(time.perf_counter() - t0, 1)}
+    if do_cap:
+        k += 1
+        _banner(f"[{k}/{n_stages}] captioning: a captioner on the image embeddings of "
+                f"{[PRETRAINED] + names}, seeds {config.demo.captioning.seeds}")
+        t0 = time.perf_counter()
+        extras["captioning"] = demo_extras.captioning_stage(config, workdir, stages, markers,
+                                                            [PRETRAINED] + names)
+        extra_stages["captioning"] = {
+            "dir": fs.join(workdir, demo_extras.CAPTIONING_DIR),
+            "seconds": round(time.perf_counter() - t0, 1)}
+
     _banner(f"[{n_stages}/{n_stages}] report")
     meta = {"command": command or "python train.py --config=configs/demo.py",
             "eval_split": ecfg.data.eval_split, "stages": stages,
+            "extra_stages": extra_stages,
             "seconds": round(time.perf_counter() - t_start, 1)}
-    paths = write_report(workdir, eval_dirs, meta)
+    paths = write_report(workdir, eval_dirs, meta, extras)
     runs = _read_json(paths["json"])["runs"]
     head = [k for k in HEADLINE if all(k in m for m in runs.values())]
     from gmm_jax import report

@@ -42,4 +42,9 @@ def get_config(data_dir=None):
     config.demo.pretrain.batch_size = 16
     config.demo.pretrain.total_steps = 6
     config.demo.pretrain.lr = 1e-3
+    config.demo.wise_ft.alphas = "0,1"  # the ends: the report's pre-trained and run rows
+    config.demo.wise_ft.reevaluate_ends = True  # ... evaluated again from interpolated weights
+    c = config.demo.captioning
+    c.seeds, c.steps, c.batch_size, c.width, c.layers, c.beam_size = "0,1", 4, 16, 32, 1, 2
+    c.max_test_images, c.num_samples, c.max_length = 8, 3, 24
     return config

@@ -15,7 +15,8 @@ import sys
 import pytest
 
 from gmm_jax import demo_flow, train_lib
-from tests.demo_tiny_config import demo_config as _demo_config, get_config as tiny_demo_config
+from tests.demo_tiny_config import demo_config as _demo_config
+from tests.demo_tiny_config import get_config as tiny_demo_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 REQUIRED = (["retrieval/i2t_r1", "retrieval/t2i_r1", "retrieval/i2t_r5", "retrieval/t2i_r10",
@@ -40,13 +41,14 @@ def demo_run(tmp_path_factory):
          f"--workdir={workdir}"], cwd=ROOT, env=env, capture_output=True, text=True,
         timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    for banner in ("[1/5] pre-training", "[2/5] fine-tuning 'ft'", "[3/5] fine-tuning 'm2mix'",
-                   "[4/5] evaluating", "[5/5] report"):
+    for banner in ("[1/7] pre-training", "[2/7] fine-tuning 'ft'", "[3/7] fine-tuning 'm2mix'",
+                   "[4/7] evaluating", "[5/7] WiSE-FT", "[6/7] captioning", "[7/7] report"):
         assert banner in proc.stdout, banner
     assert f"Report: {os.path.join(workdir, 'demo_report.md')}" in proc.stdout
     with open(os.path.join(workdir, "demo_report.json")) as f:
-        runs = json.load(f)["runs"]
-    return tiny_demo_config(data_dir), workdir, {"runs": runs}
+        report = json.load(f)
+    return tiny_demo_config(data_dir), workdir, {k: report[k] for k in
+                                                  ("runs", "wise_ft", "captioning")}
 
 
 def test_report_has_every_run_with_finite_metrics(demo_run):
@@ -108,6 +110,8 @@ def test_second_invocation_reuses_finished_stages(demo_run, capsys):
     ckpts = {n: _mtimes(os.path.join(workdir, d, "checkpoints"))
              for n, d in (("pretrain", "pretrain"), ("ft", "ft"))}
     before = os.path.getmtime(os.path.join(workdir, "pretrain", "eval", "metrics.json"))
+    extras = {f: os.path.getmtime(os.path.join(workdir, f))
+              for f in ("wise_ft/wise_ft.json", "captioning/captioning.json")}
     out2 = demo_flow.run(config, workdir)
     text = capsys.readouterr().out
     assert text.count("reusing the finished run") == 3
@@ -115,6 +119,11 @@ def test_second_invocation_reuses_finished_stages(demo_run, capsys):
         assert _mtimes(os.path.join(workdir, d, "checkpoints")) == ckpts[n]
     assert os.path.getmtime(os.path.join(workdir, "pretrain", "eval", "metrics.json")) == before
     assert out2["runs"] == out["runs"]
+    for f, t in extras.items():  # the WiSE-FT and captioning stages were reused too
+        assert os.path.getmtime(os.path.join(workdir, f)) == t, f
+    with open(out2["report"]["json"]) as f:
+        report2 = json.load(f)
+    assert report2["wise_ft"] == out["wise_ft"] and report2["captioning"] == out["captioning"]
     assert f"Report: {os.path.join(workdir, 'demo_report.md')}" in text
 
 
@@ -143,6 +152,18 @@ def test_demo_section_validation():
         config.demo.pretrain.lr = "fast"
     with pytest.raises(demo_flow.DemoError, match="pretrain.lr"):
         demo_flow.validate_demo(config)
+    # the WiSE-FT and captioning knobs: a bad value names its key
+    for key, value, match in (("wise_ft.alphas", "0,x", "demo.wise_ft.alphas"),
+                              ("captioning.seeds", "0,0", "demo.captioning.seeds"),
+                              ("captioning.heads", 3, "demo.captioning.width=64 is not "
+                                                      "divisible by heads=3")):
+        config = _demo_config()
+        section, k = key.split(".")
+        config.demo[section][k] = value
+        with pytest.raises(demo_flow.DemoError, match=match):
+            demo_flow.validate_demo(config)
+    config.demo.captioning.enabled = False  # a disabled stage is not checked
+    demo_flow.validate_demo(config)
     # the stage configs are ordinary configs: validated against gmm_jax/configs/default.py
     config = _demo_config()
     for cfg in (demo_flow.pretrain_config(config),
@@ -154,3 +175,88 @@ def test_demo_section_validation():
     config.log_every_steps = 0  # a stage config error names the stage and the key
     with pytest.raises(demo_flow.DemoError, match="pre-training config: config.log_every_steps"):
         demo_flow.pretrain_config(config)
+
+
+# Metrics of the WiSE-FT rows: what config.demo.wise_ft.suites evaluates.
+WISE_KEYS = ("retrieval/rsum", "retrieval_shift_combo/rsum", "calibration/ece",
+             "zeroshot/gmm_demo_target_test/top1", "zeroshot/gmm_demo_shift_background/ece")
+
+
+def test_wise_ft_ends_are_the_report_rows(demo_run):
+    """alpha = 0 is the pre-trained model and alpha = 1 each run: their interpolated,
+    re-evaluated rows equal the report's own evaluation of those models."""
+    config, workdir, out = demo_run
+    wise = out["wise_ft"]
+    assert wise["alphas"] == [0.0, 1.0] and list(wise["metrics"]) == ["ft", "m2mix"]
+    assert wise["id_metric"] == "zeroshot/gmm_demo_target_test/top1"
+    assert sorted(wise["ood_metrics"]) == ["zeroshot/gmm_demo_shift_background/top1",
+                                           "zeroshot/gmm_demo_shift_combo/top1"]
+    for name, rows in wise["metrics"].items():
+        for alpha, row in zip(wise["alphas"], rows):
+            ref = out["runs"]["pretrained" if alpha == 0 else name]
+            assert set(WISE_KEYS) <= set(row) and not any(k.startswith("gap/") for k in row)
+            for k, v in row.items():  # ECEs differ in the 8th digit (summation order)
+                assert v == pytest.approx(ref[k], rel=1e-5, abs=1e-7), (name, alpha, k)
+    assert wise["metrics"]["ft"][1] != wise["metrics"]["m2mix"][1]
+    for f in ("wise_ft_id_ood.png", "wise_ft_ece.png", "wise_ft.md"):
+        assert os.path.getsize(os.path.join(workdir, "wise_ft", f)) > 500, f
+    md = open(os.path.join(workdir, "demo_report.md")).read()
+    assert "(wise_ft/wise_ft_id_ood.png)" in md and "(wise_ft/wise_ft_ece.png)" in md
+    assert "## Robustness: WiSE-FT" in md
+
+
+def test_captioning_equals_the_library_on_the_same_embeddings(demo_run):
+    """The report's captioning numbers are gmm_jax.captioning's, called here directly on
+    the stage's cached embeddings with the tiny config's captioner settings."""
+    import numpy as np
+
+    from gmm_jax.captioning import captioning_config, captioning_from_embeddings
+    from gmm_jax.captioning.suite import captions_by_image
+    from gmm_jax.data import load_retrieval_split
+    from gmm_jax.pretrained import load_pretrained
+    config, workdir, out = demo_run
+    cap = out["captioning"]
+    assert cap["seeds"] == [0, 1] and list(cap["runs"]) == ["pretrained", "ft", "m2mix"]
+    model, _, tok = load_pretrained(os.path.join(workdir, "pretrain", "model"))
+    caps = {s: captions_by_image(load_retrieval_split(config.data, s, tok,
+                                                      model.config.image_size))
+            for s in ("target_train", "target_test")}
+    cfg = captioning_config()
+    cfg.update(dict(steps=4, batch_size=16, prefix_length=4, width=32, layers=1, heads=2,
+                    beam_size=2, max_length=24, java_metrics=""))
+    embs = {}
+    for name, r in cap["runs"].items():
+        emb = {role: np.load(os.path.join(workdir, "captioning", f))["embeddings"]
+               for role, f in r["embeddings"].items()}
+        assert emb["train"].shape[0] == 48 and emb["test"].shape[0] == 8  # max_test_images
+        embs[name] = emb["test"]
+        for seed, got in zip(cap["seeds"], r["per_seed"]):
+            cfg.seed = seed
+            want, _, hyps = captioning_from_embeddings(
+                emb["train"], caps["target_train"], emb["test"], caps["target_test"][:8],
+                tok, cfg, java=None)
+            for k, v in want.items():
+                assert got[k] == pytest.approx(v, rel=1e-4, abs=1e-9), (name, seed, k)
+            if seed == cap["samples"]["seed"]:
+                assert cap["samples"]["captions"][name] == hyps[:3]
+        vals = [row["captioning/cider"] for row in r["per_seed"]]
+        assert r["mean"]["captioning/cider"] == pytest.approx(np.mean(vals))
+        assert r["std"]["captioning/cider"] == pytest.approx(np.std(vals, ddof=1))
+    assert not np.allclose(embs["pretrained"], embs["ft"])  # each model's own embeddings
+    md = open(os.path.join(workdir, "demo_report.md")).read()
+    assert "## Captioning on frozen image embeddings" in md and "`captioning/cider`" in md
+
+
+def test_wise_ft_ends_default_to_the_models_own_evaluations(tmp_path):
+    """Without reevaluate_ends the alpha = 0 / 1 rows are the pre-trained model's and the
+    run's eval/metrics.json, on the keys of the interpolated rows."""
+    from gmm_jax import demo_extras, report
+    dirs = {}
+    for name, v in (("pretrained", 1.0), ("ft", 3.0)):
+        dirs[name] = str(tmp_path / name)
+        report.write_metrics({"zeroshot/x/top1": v, "gap/uniformity": -v}, dirs[name])
+    curve = {"alphas": [0.5], "metrics": {"ft": [{"zeroshot/x/top1": 2.0}]}}
+    out = demo_extras._with_ends(curve, [0.0, 0.5, 1.0], [0.5], dirs)
+    assert out["alphas"] == [0.0, 0.5, 1.0]
+    assert out["metrics"]["ft"] == [{"zeroshot/x/top1": 1.0}, {"zeroshot/x/top1": 2.0},
+                                    {"zeroshot/x/top1": 3.0}]
