@@ -118,8 +118,14 @@ def _run(case, chunks, n_devices, impl="global"):
     for i in range(STEPS):
         images, tokens = batch_arrays(seed=i)
         batch = {"image": jax.device_put(images, data), "tokens": jax.device_put(tokens, data)}
+        before = jax.device_get(state["params"])
         state, metrics = step(state, batch, np.int32(i))
-    return flat_leaves(jax.device_get(state["params"])), jax.device_get(metrics)
+    after = jax.device_get(state["params"])
+    _last_update[(case, chunks, n_devices, impl)] = jax.tree.map(np.subtract, after, before)
+    return flat_leaves(after), jax.device_get(metrics)
+
+
+_last_update = {}
 
 
 def _assert_same(want, got, what):
@@ -143,6 +149,20 @@ def test_chunked_step_equals_plain_step_8_devices(case):
     """8 devices, 2 chunks of 1 row per device, against the plain step on 1 device."""
     impl = CASES[case][-1]
     _assert_same(_run(case, 1, 1), _run(case, 2, 8, impl), f"{case}: 8 devices, 2 chunks")
+
+
+@pytest.mark.slow
+def test_l2_grads_and_updates_metrics():
+    """The step's ``l2_updates`` / ``l2_grads`` against ``optax.global_norm`` of the last
+    step's parameter change (SGD, lr 0.5: update = -0.5 grads; learned temperature,
+    far from its clamp, so the change is the update)."""
+    _, metrics = _run("clip-learned", 1, 1)
+    update = _last_update[("clip-learned", 1, 1, "global")]
+    np.testing.assert_allclose(metrics["l2_updates"], optax.global_norm(update), rtol=1e-4)
+    np.testing.assert_allclose(metrics["l2_grads"], optax.global_norm(update) / 0.5,
+                               rtol=1e-4)
+    np.testing.assert_allclose(metrics["l2_grads"], metrics["grad_norm"], rtol=1e-6)
+    assert float(metrics["l2_updates"]) > 1e-3
 
 
 @pytest.mark.slow
