@@ -275,8 +275,8 @@ def time_interleaved(runs, steps):
 
 def step_table(models, batches, dtypes, methods, steps=2, use_torch=True, remat=False,
                chunks=(1,)):
-    """Rows ``dict(model, dtype, batch, method, chunks, framework, ms, img_s, tflops, mfu)``
-    (torch rows once per configuration, next to ``chunks[0]``)."""
+    """Rows ``dict(model, dtype, batch, method, chunks, framework, ms, img_s, tflops, mfu)``;
+    the torch row once per configuration."""
     import jax
     peak, peak_src = peak_flops(jax.devices()[0])
     rows = []
@@ -284,31 +284,39 @@ def step_table(models, batches, dtypes, methods, steps=2, use_torch=True, remat=
         for dtype in dtypes:
             for batch in batches:
                 for method in methods:
-                    for i, k in enumerate(chunks):
-                        rows += _step_rows(preset, dtype, batch, method, k, steps,
-                                           use_torch and i == 0, remat, peak)
+                    rows += _step_rows(preset, dtype, batch, method, chunks, steps, use_torch,
+                                       remat, peak)
     return rows, peak, peak_src
 
 
 def _step_rows(preset, dtype, batch, method, chunks, steps, use_torch, remat, peak):
+    """The jax step with each ``embed_chunks`` in ``chunks`` (and torch's): on CPU all
+    alternate step by step (shared, noisy machine); on accelerators one after the other
+    (each may need the whole memory)."""
     import jax
-    run, flops, ndev = jax_step(preset, dtype, method, batch, remat, chunks=chunks)
-    # CPU: alternate the two frameworks' steps (shared, noisy machine);
-    # accelerators: one after the other (each may need the whole memory).
-    together = use_torch and jax.devices()[0].platform == "cpu"
-    if together:
-        s, s_t = time_interleaved([run, torch_step(preset, dtype, method, batch)], steps)
-    else:
-        s = time_steps(run, steps)
-    del run
-    rows = [_row(preset, dtype, batch, method, "jax (gmm_jax step)", s, flops, ndev, peak,
-                 chunks)]
-    _progress(rows[-1])
-    if use_torch:
+    together = jax.devices()[0].platform == "cpu"
+    runs, names, flops, ndev = [], [], {}, 1
+    for k in chunks:
+        run, flops[k], ndev = jax_step(preset, dtype, method, batch, remat, chunks=k)
+        runs.append(run)
+        names.append(k)
         if not together:
-            s_t = time_steps(torch_step(preset, dtype, method, batch), steps)
-        rows.append(_row(preset, dtype, batch, method, "torch (HF CLIPModel)", s_t,
-                         flops * ndev if flops else None, 1, peak, 1))
+            runs[-1] = time_steps(run, steps)
+            del run
+    if use_torch:
+        runs.append(torch_step(preset, dtype, method, batch) if together else
+                    time_steps(torch_step(preset, dtype, method, batch), steps))
+        names.append("torch")
+    seconds = time_interleaved(runs, steps) if together else runs
+    rows = []
+    for name, s in zip(names, seconds):
+        if name == "torch":
+            f = flops.get(1)  # the unchunked step's FLOPs (no recomputation)
+            rows.append(_row(preset, dtype, batch, method, "torch (HF CLIPModel)", s,
+                             f * ndev if f else None, 1, peak, 1))
+        else:
+            rows.append(_row(preset, dtype, batch, method, "jax (gmm_jax step)", s, flops[name],
+                             ndev, peak, name))
         _progress(rows[-1])
     return rows
 
@@ -366,9 +374,15 @@ def memory_row(preset, dtype, method, batch, remat, chunks):
     """XLA's compiled memory per device of the step (compile only, nothing allocated):
     ``dict(..., args, temp, out, alias, peak)`` in bytes; ``peak = args + out - alias +
     temp`` (the state is donated, so its outputs alias its inputs)."""
+    import jax
     parts = build_step(preset, dtype, method, batch, remat, chunks)
     start = time.perf_counter()
-    compiled = parts["step"].lower(parts["state"], parts["batch"], np.int32(0)).compile()
+    # CPU: LLVM's optimisation level does not change XLA's buffer assignment (the memory
+    # measured); level 0 compiles several times faster
+    opts = ({"xla_backend_optimization_level": 0} if jax.devices()[0].platform == "cpu"
+            else None)
+    lowered = parts["step"].lower(parts["state"], parts["batch"], np.int32(0))
+    compiled = lowered.compile(compiler_options=opts)
     seconds = time.perf_counter() - start
     mem = compiled.memory_analysis()
     if isinstance(mem, (list, tuple)):
@@ -501,12 +515,6 @@ def main(argv=None):
     args = _args(argv)
     if args.mesh_devices:
         loss_bench._force_devices(args.mesh_devices)  # before jax is imported
-    if args.memory and "jax" not in sys.modules:
-        # compile only: LLVM's optimisation of the CPU code does not change XLA's buffer
-        # assignment (the memory measured), and level 0 compiles several times faster
-        flags = os.environ.get("XLA_FLAGS", "")
-        if "xla_backend_optimization_level" not in flags:
-            os.environ["XLA_FLAGS"] = f"{flags} --xla_backend_optimization_level=0".strip()
     import jax
     if args.mesh_devices and jax.device_count() != args.mesh_devices:
         raise SystemExit(f"--mesh-devices {args.mesh_devices}: jax sees {jax.device_count()} "
