@@ -329,7 +329,7 @@ def _progress(r):
 def _row(preset, dtype, batch, method, framework, seconds, flops, ndev, peak, chunks=1):
     achieved = None if flops is None else flops / seconds
     return dict(model=preset, dtype=dtype, batch=batch, method=method, chunks=chunks,
-                framework=framework,
+                framework=framework, flops=flops,
                 ms=1e3 * seconds, img_s=batch / seconds, devices=ndev,
                 tflops=None if achieved is None else achieved / 1e12,
                 mfu=None if achieved is None else achieved / peak)
@@ -362,8 +362,10 @@ def print_step_table(rows, peak_src):
                          f"{r['ms'] / c['ms']:.3f}")
         one = by.get((m, dt, b, meth, 1, fw))
         if k != 1 and one:
+            flops = ("" if not (r["flops"] and one["flops"]) else
+                     f" (XLA-counted FLOPs: {r['flops'] / one['flops']:.3f})")
             lines.append(f"{m} {dt} batch {b} {meth}: step time with {k} chunks / unchunked = "
-                         f"{r['ms'] / one['ms']:.3f}")
+                         f"{r['ms'] / one['ms']:.3f}{flops}")
     for line in lines:
         print(f"- {line}")
 
