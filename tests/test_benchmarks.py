@@ -111,8 +111,9 @@ def test_transpose_benchmark_smoke(capsys):
                                    err_msg=name)
 
 
-def test_train_step_benchmark_chunks_memory_breakdown(capsys):
-    """The new flags on the tiny model (conftest: 8 fake CPU devices, batch 16)."""
+def test_train_step_benchmark_memory(capsys):
+    """--memory on the tiny model (conftest: 8 fake CPU devices, batch 16): compile
+    only, at LLVM optimisation level 0."""
     rows = step_bench.main(["--models", "tiny", "--batch", "16", "--methods", "clip",
                             "--memory", "--chunks", "2"])
     assert [(r["chunks"], r["remat"]) for r in rows] == [(1, False), (2, False)]
@@ -121,6 +122,11 @@ def test_train_step_benchmark_chunks_memory_breakdown(capsys):
         assert r["temp"] > 0 and r["alias"] > 0, r  # the state is donated
     out = capsys.readouterr().out
     assert out.count("| tiny | float32 | clip | 16 | 2 |") == 2
+
+
+@pytest.mark.slow
+def test_train_step_benchmark_breakdown_and_chunk_rows(capsys):
+    """Compiles and times seven tiny programs (minutes on a loaded 2-core machine)."""
     parts = step_bench.main(["--models", "tiny", "--batch", "16", "--methods", "clip",
                              "--breakdown", "--steps", "1"])
     ms = parts[("tiny", "float32", 16, "clip")]
