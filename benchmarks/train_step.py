@@ -58,9 +58,25 @@ def _args(argv=None):
     p.add_argument("--methods", nargs="+", default=["clip", "m2mix"],
                    choices=["clip", "m2mix", "m3mix"])
     p.add_argument("--steps", type=int, default=2, help="timed steps (after 1 warm-up step)")
-    p.add_argument("--remat", action="store_true", help="config.model.remat (memory for compute)")
+    p.add_argument("--remat", action="store_true",
+                   help="config.model.remat (memory for compute); --memory: rows without "
+                        "and with it")
     p.add_argument("--no-torch", action="store_true")
-    return p.parse_args(argv)
+    p.add_argument("--chunks", type=int, nargs="+", default=None,
+                   help="config.embed_chunks values (step table: one row each; --memory: "
+                        "rows besides the unchunked one)")
+    p.add_argument("--chunk-rows", type=int, nargs="+", default=[],
+                   help="--memory: also embed_chunks = per-device batch / R for each R")
+    p.add_argument("--memory", action="store_true",
+                   help="compile only: XLA's peak memory per device (with --remat: rows "
+                        "without and with model.remat)")
+    p.add_argument("--breakdown", action="store_true",
+                   help="time the step's parts: towers fwd+bwd, loss fwd+bwd, optimiser")
+    p.add_argument("--mesh-devices", type=int, default=0,
+                   help="K > 0: K fake CPU devices (set before jax is imported)")
+    args = p.parse_args(argv)
+    args.chunks = args.chunks or ([] if args.memory else [1])
+    return args
 
 
 # --------------------------------------------------------------------------- peak
@@ -88,7 +104,7 @@ def peak_flops(device, n=2048, repeats=3):
 
 # ---------------------------------------------------------------------------- jax
 
-def project_config(preset, dtype, method, batch, remat=False):
+def project_config(preset, dtype, method, batch, remat=False, chunks=1):
     """``gmm_jax/configs/default.py`` with the benchmark's overrides."""
     sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
     from gmm_jax.configs.default import get_config
@@ -98,46 +114,78 @@ def project_config(preset, dtype, method, batch, remat=False):
     config.model.remat = bool(remat)
     config.loss.method = method
     config.batch_size = int(batch)
+    config.embed_chunks = int(chunks)
     config.total_steps = 1000
     return config
 
 
-def jax_step(preset, dtype, method, batch, remat=False, seed=0):
-    """``(run_one_step(), flops_per_step_per_device, n_devices)`` of the project's step."""
+def build_step(preset, dtype, method, batch, remat=False, chunks=1, seed=0):
+    """The project's jitted step and its parts, nothing allocated: ``dict(step, state,
+    batch, mesh, model, tx, objective, fresh)`` with ``state`` / ``batch`` abstract
+    (``jax.ShapeDtypeStruct`` with their shardings)."""
     import jax
     import jax.numpy as jnp
-    from gmm_jax import losses, optim
+    from gmm_jax import gradcache, losses, optim
     from gmm_jax import train_state as ts
     from gmm_jax.models import CLIP, init_params, presets
 
-    config = project_config(preset, dtype, method, batch, remat)
+    config = project_config(preset, dtype, method, batch, remat, chunks)
     mcfg = presets.get_config(preset, dtype=dtype, remat=bool(remat))
     model = CLIP(mcfg)
     mesh = ts.make_mesh(config.mesh.axes, config.mesh.shape)
+    gradcache.check_chunks(int(batch), int(chunks), mesh.size)
     tx, lr_fn = optim.make_optimizer(config, config.total_steps)
     objective = losses.build_objective(config.loss)
 
     def fresh(p):
         return ts.new_state(ts.init_temperature_param(p, config.loss), tx, seed)
 
-    params = init_params(model, jax.random.key(seed))
-    shardings = ts.state_shardings(jax.eval_shape(fresh, params), mesh)
-    state = jax.jit(fresh, out_shardings=shardings)(params)
-    del params
+    params = jax.eval_shape(lambda: init_params(model, jax.random.key(seed)))
+    abstract = jax.eval_shape(fresh, params)
+    shardings = ts.state_shardings(abstract, mesh)
     step = ts.make_train_step(model, objective, tx, config.loss, config.total_steps, lr_fn,
-                              mesh, shardings)
+                              mesh, shardings, embed_chunks=int(chunks))
     data = ts.batch_sharding(mesh)
-    batch_arrays = jax.jit(lambda k: synthetic_batch(k, batch, mcfg),
+    size = mcfg.image_size
+    abstract_batch = {
+        "image": jax.ShapeDtypeStruct((batch, size, size, 3), jnp.float32, sharding=data),
+        "tokens": jax.ShapeDtypeStruct((batch, mcfg.context_length), jnp.int32,
+                                       sharding=data)}
+    state = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                         abstract, shardings)
+    return dict(step=step, state=state, batch=abstract_batch, mesh=mesh, model=model,
+                mcfg=mcfg, tx=tx, objective=objective, fresh=fresh, shardings=shardings,
+                config=config)
+
+
+def materialise(parts, seed=0):
+    """``(state, batch)``: random weights and a synthetic batch, on the mesh."""
+    import jax
+    from gmm_jax.models import init_params
+    params = init_params(parts["model"], jax.random.key(seed))
+    state = jax.jit(parts["fresh"], out_shardings=parts["shardings"])(params)
+    del params
+    data = parts["batch"]["image"].sharding
+    batch = parts["batch"]["image"].shape[0]
+    batch_arrays = jax.jit(lambda k: synthetic_batch(k, batch, parts["mcfg"]),
                            out_shardings={"image": data, "tokens": data})(jax.random.key(1))
+    return state, batch_arrays
+
+
+def jax_step(preset, dtype, method, batch, remat=False, seed=0, chunks=1):
+    """``(run_one_step(), flops_per_step_per_device, n_devices)`` of the project's step."""
+    import jax
+    parts = build_step(preset, dtype, method, batch, remat, chunks, seed)
+    state, batch_arrays = materialise(parts, seed)
     epoch = np.int32(0)
-    compiled = step.lower(state, batch_arrays, epoch).compile()
+    compiled = parts["step"].lower(state, batch_arrays, epoch).compile()
     flops = loss_bench._flops(compiled)
     holder = {"state": state}
 
     def run():
         holder["state"], metrics = compiled(holder["state"], batch_arrays, epoch)
         jax.block_until_ready(metrics["loss/total"])
-    return run, flops, mesh.size
+    return run, flops, parts["mesh"].size
 
 
 def synthetic_batch(key, batch, mcfg):
@@ -225,8 +273,10 @@ def time_interleaved(runs, steps):
     return [float(np.median(ts)) for ts in times]
 
 
-def step_table(models, batches, dtypes, methods, steps=2, use_torch=True, remat=False):
-    """Rows ``dict(model, dtype, batch, method, framework, ms, img_s, tflops, mfu)``."""
+def step_table(models, batches, dtypes, methods, steps=2, use_torch=True, remat=False,
+               chunks=(1,)):
+    """Rows ``dict(model, dtype, batch, method, chunks, framework, ms, img_s, tflops, mfu)``;
+    the torch row once per configuration."""
     import jax
     peak, peak_src = peak_flops(jax.devices()[0])
     rows = []
@@ -234,36 +284,54 @@ def step_table(models, batches, dtypes, methods, steps=2, use_torch=True, remat=
         for dtype in dtypes:
             for batch in batches:
                 for method in methods:
-                    run, flops, ndev = jax_step(preset, dtype, method, batch, remat)
-                    # CPU: alternate the two frameworks' steps (shared, noisy machine);
-                    # accelerators: one after the other (each may need the whole memory).
-                    together = use_torch and jax.devices()[0].platform == "cpu"
-                    if together:
-                        s, s_t = time_interleaved(
-                            [run, torch_step(preset, dtype, method, batch)], steps)
-                    else:
-                        s = time_steps(run, steps)
-                    del run
-                    rows.append(_row(preset, dtype, batch, method, "jax (gmm_jax step)", s,
-                                     flops, ndev, peak))
-                    _progress(rows[-1])
-                    if use_torch:
-                        if not together:
-                            s_t = time_steps(torch_step(preset, dtype, method, batch), steps)
-                        rows.append(_row(preset, dtype, batch, method, "torch (HF CLIPModel)",
-                                         s_t, flops * ndev if flops else None, 1, peak))
-                        _progress(rows[-1])
+                    rows += _step_rows(preset, dtype, batch, method, chunks, steps, use_torch,
+                                       remat, peak)
     return rows, peak, peak_src
+
+
+def _step_rows(preset, dtype, batch, method, chunks, steps, use_torch, remat, peak):
+    """The jax step with each ``embed_chunks`` in ``chunks`` (and torch's): on CPU all
+    alternate step by step (shared, noisy machine); on accelerators one after the other
+    (each may need the whole memory)."""
+    import jax
+    together = jax.devices()[0].platform == "cpu"
+    runs, names, flops, ndev = [], [], {}, 1
+    for k in chunks:
+        run, flops[k], ndev = jax_step(preset, dtype, method, batch, remat, chunks=k)
+        runs.append(run)
+        names.append(k)
+        if not together:
+            runs[-1] = time_steps(run, steps)
+            del run
+    if use_torch:
+        runs.append(torch_step(preset, dtype, method, batch) if together else
+                    time_steps(torch_step(preset, dtype, method, batch), steps))
+        names.append("torch")
+    seconds = time_interleaved(runs, steps) if together else runs
+    rows = []
+    for name, s in zip(names, seconds):
+        if name == "torch":
+            f = flops.get(1)  # the unchunked step's FLOPs (no recomputation)
+            rows.append(_row(preset, dtype, batch, method, "torch (HF CLIPModel)", s,
+                             f * ndev if f else None, 1, peak, 1))
+        else:
+            # model FLOPs: the unchunked step's (XLA counts a loop body once, and the
+            # chunked step's second forward pass is recomputation, not model work)
+            rows.append(_row(preset, dtype, batch, method, "jax (gmm_jax step)", s,
+                             flops.get(1) if name != 1 else flops[1], ndev, peak, name))
+        _progress(rows[-1])
+    return rows
 
 
 def _progress(r):
     print(f"measured: {r['model']} {r['dtype']} batch {r['batch']} {r['method']} "
-          f"{r['framework']}: {r['ms']:.0f} ms/step", flush=True)
+          f"chunks {r['chunks']} {r['framework']}: {r['ms']:.0f} ms/step", flush=True)
 
 
-def _row(preset, dtype, batch, method, framework, seconds, flops, ndev, peak):
+def _row(preset, dtype, batch, method, framework, seconds, flops, ndev, peak, chunks=1):
     achieved = None if flops is None else flops / seconds
-    return dict(model=preset, dtype=dtype, batch=batch, method=method, framework=framework,
+    return dict(model=preset, dtype=dtype, batch=batch, method=method, chunks=chunks,
+                framework=framework,
                 ms=1e3 * seconds, img_s=batch / seconds, devices=ndev,
                 tflops=None if achieved is None else achieved / 1e12,
                 mfu=None if achieved is None else achieved / peak)
@@ -271,35 +339,189 @@ def _row(preset, dtype, batch, method, framework, seconds, flops, ndev, peak):
 
 def print_step_table(rows, peak_src):
     print(f"\npeak reference: {peak_src}")
-    print("| model | dtype | global batch | loss | framework | ms/step | images/s "
-          "| TFLOP/s per device | MFU |")
-    print("| --- | --- | ---: | --- | --- | ---: | ---: | ---: | ---: |")
+    print("| model | dtype | global batch | loss | embed_chunks | framework | ms/step "
+          "| images/s | TFLOP/s per device | MFU |")
+    print("| --- | --- | ---: | --- | ---: | --- | ---: | ---: | ---: | ---: |")
     for r in rows:
         tf = "-" if r["tflops"] is None else f"{r['tflops']:.3f}"
         mfu = "-" if r["mfu"] is None else f"{100 * r['mfu']:.1f}%"
-        print(f"| {r['model']} | {r['dtype']} | {r['batch']} | {r['method']} | {r['framework']} "
-              f"| {r['ms']:.0f} | {r['img_s']:.2f} | {tf} | {mfu} |")
+        print(f"| {r['model']} | {r['dtype']} | {r['batch']} | {r['method']} | {r['chunks']} "
+              f"| {r['framework']} | {r['ms']:.0f} | {r['img_s']:.2f} | {tf} | {mfu} |")
     # ratios the targets are stated in
-    by = {(r["model"], r["dtype"], r["batch"], r["method"], r["framework"]): r for r in rows}
+    by = {(r["model"], r["dtype"], r["batch"], r["method"], r["chunks"], r["framework"]): r
+          for r in rows}
     lines = []
-    for (m, dt, b, meth, fw), r in by.items():
-        if fw.startswith("jax"):
-            t = by.get((m, dt, b, meth, "torch (HF CLIPModel)"))
-            if t:
-                lines.append(f"{m} {dt} batch {b} {meth}: jax / torch images/s = "
-                             f"{r['img_s'] / t['img_s']:.2f}x")
-            c = by.get((m, dt, b, "clip", fw))
-            if meth != "clip" and c:
-                lines.append(f"{m} {dt} batch {b}: {meth} step time / clip step time = "
-                             f"{r['ms'] / c['ms']:.3f}")
+    for (m, dt, b, meth, k, fw), r in by.items():
+        if not fw.startswith("jax"):
+            continue
+        t = by.get((m, dt, b, meth, 1, "torch (HF CLIPModel)"))
+        if t and k == 1:
+            lines.append(f"{m} {dt} batch {b} {meth}: jax / torch images/s = "
+                         f"{r['img_s'] / t['img_s']:.2f}x")
+        c = by.get((m, dt, b, "clip", k, fw))
+        if meth != "clip" and c:
+            lines.append(f"{m} {dt} batch {b} chunks {k}: {meth} step time / clip step time = "
+                         f"{r['ms'] / c['ms']:.3f}")
+        one = by.get((m, dt, b, meth, 1, fw))
+        if k != 1 and one:
+            lines.append(f"{m} {dt} batch {b} {meth}: step time with {k} chunks / unchunked = "
+                         f"{r['ms'] / one['ms']:.3f}")
     for line in lines:
         print(f"- {line}")
 
 
+# --------------------------------------------------------------------------- memory
+
+def memory_row(preset, dtype, method, batch, remat, chunks):
+    """XLA's compiled memory per device of the step (compile only, nothing allocated):
+    ``dict(..., args, temp, out, alias, peak)`` in bytes; ``peak = args + out - alias +
+    temp`` (the state is donated, so its outputs alias its inputs)."""
+    import jax
+    parts = build_step(preset, dtype, method, batch, remat, chunks)
+    start = time.perf_counter()
+    # CPU: LLVM's optimisation level does not change XLA's buffer assignment (the memory
+    # measured); level 0 compiles several times faster
+    opts = ({"xla_backend_optimization_level": 0} if jax.devices()[0].platform == "cpu"
+            else None)
+    lowered = parts["step"].lower(parts["state"], parts["batch"], np.int32(0))
+    compiled = lowered.compile(compiler_options=opts)
+    seconds = time.perf_counter() - start
+    mem = compiled.memory_analysis()
+    if isinstance(mem, (list, tuple)):
+        mem = mem[0]
+    args, out = mem.argument_size_in_bytes, mem.output_size_in_bytes
+    alias, temp = mem.alias_size_in_bytes, mem.temp_size_in_bytes
+    return dict(model=preset, dtype=dtype, method=method, batch=batch, remat=bool(remat),
+                chunks=chunks, devices=parts["mesh"].size, args=args, out=out, alias=alias,
+                temp=temp, peak=args + out - alias + temp, compile_s=seconds)
+
+
+def chunk_values(batch, n_devices, chunks, chunk_rows):
+    """The ``embed_chunks`` of the rows to measure: 1, each ``--chunks`` K and each
+    ``--chunk-rows`` R (K = per-device batch / R) that divides the per-device batch."""
+    per_device = batch // n_devices
+    ks = [1] + list(chunks) + [per_device // r for r in chunk_rows if r and per_device % r == 0]
+    return sorted({k for k in ks if k >= 1 and per_device % k == 0})
+
+
+def memory_table(models, batches, methods, dtypes, chunks, chunk_rows, with_remat):
+    import jax
+    n = jax.device_count()
+    rows = []
+    for preset in models:
+        for dtype in dtypes:
+            for method in methods:
+                for batch in batches:
+                    if batch % n:
+                        print(f"skipped: batch {batch} on {n} devices", flush=True)
+                        continue
+                    for remat in (False, True) if with_remat else (False,):
+                        for k in chunk_values(batch, n, chunks, chunk_rows):
+                            r = memory_row(preset, dtype, method, batch, remat, k)
+                            print(f"compiled: {preset} {dtype} {method} batch {batch} "
+                                  f"remat {remat} chunks {k}: peak {r['peak'] / 2**30:.2f} GiB "
+                                  f"per device ({r['compile_s']:.0f} s)", flush=True)
+                            rows.append(r)
+    return rows
+
+
+def print_memory_table(rows, limit_gib=16.0):
+    import jax
+    dev = jax.devices()[0]
+    print(f"\nXLA compiled memory per device ({len(jax.devices())} x {dev.platform} "
+          f"{dev.device_kind}), GiB; peak = arguments + outputs - donated + temporaries")
+    print("| model | dtype | loss | global batch | per device | remat | embed_chunks "
+          "| rows per chunk | state+batch | temporaries | peak | fits 16 GiB |")
+    print("| --- | --- | --- | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: | --- |")
+    g = 2 ** 30
+    for r in rows:
+        per = r["batch"] // r["devices"]
+        print(f"| {r['model']} | {r['dtype']} | {r['method']} | {r['batch']} | {per} "
+              f"| {'yes' if r['remat'] else 'no'} | {r['chunks']} | {per // r['chunks']} "
+              f"| {r['args'] / g:.2f} | {r['temp'] / g:.2f} | {r['peak'] / g:.2f} "
+              f"| {'yes' if r['peak'] <= limit_gib * g else 'no'} |")
+
+
+# --------------------------------------------------------------------------- breakdown
+
+def breakdown(preset, dtype, method, batch, steps):
+    """Milliseconds of the step's parts at the same batch and mesh, timed interleaved:
+    the whole step, image tower fwd+bwd, text tower fwd+bwd (parameter gradients from a
+    random cotangent), the loss fwd+bwd on (N, D) embeddings, the optimiser update."""
+    import jax
+    import jax.numpy as jnp
+    from gmm_jax import train_state as ts
+    from gmm_jax.models import CLIP
+
+    parts = build_step(preset, dtype, method, batch)
+    state, data = materialise(parts)
+    model, mesh, tx, objective = parts["model"], parts["mesh"], parts["tx"], parts["objective"]
+    rows_sh = ts.batch_sharding(mesh)
+    epoch = np.int32(0)
+    step = parts["step"].lower(state, data, epoch).compile()
+    holder = {"state": state}
+
+    def run_step():
+        holder["state"], m = step(holder["state"], data, epoch)
+        jax.block_until_ready(m["loss/total"])
+
+    def tower(method_fn, x):
+        def fwd_bwd(p, x, g):
+            _, vjp = jax.vjp(lambda q: model.apply({"params": q}, x, method=method_fn), p)
+            return vjp(g)[0]
+        d = parts["mcfg"].embed_dim
+        g = jax.device_put(jnp.ones((batch, d), jnp.float32) / batch, rows_sh)
+        fn = jax.jit(fwd_bwd).lower(holder["state"]["params"], x, g).compile()
+        return lambda: jax.block_until_ready(fn(holder["state"]["params"], x, g))
+
+    d = parts["mcfg"].embed_dim
+    key = jax.random.key(0)
+    emb = [jax.device_put(jax.random.normal(k, (batch, d), jnp.float32), rows_sh)
+           for k in jax.random.split(key, 2)]
+
+    def loss_fn(img, txt):
+        v, t = ts.l2_normalize(img), ts.l2_normalize(txt)
+        return objective(v, t, 100.0, key, epoch)[0]
+    loss = jax.jit(jax.value_and_grad(loss_fn, argnums=(0, 1))).lower(*emb).compile()
+
+    def update(params, opt_state):
+        import optax
+        updates, opt_state = tx.update(params, opt_state, params)  # params as "gradients"
+        return optax.apply_updates(params, updates), opt_state
+    upd = jax.jit(update).lower(holder["state"]["params"], holder["state"]["opt_state"]).compile()
+    runs = {
+        "whole step": run_step,
+        "image tower fwd+bwd": tower(CLIP.encode_image, data["image"]),
+        "text tower fwd+bwd": tower(CLIP.encode_text, data["tokens"]),
+        f"loss fwd+bwd ({method}, on embeddings)": lambda: jax.block_until_ready(loss(*emb)),
+        "optimiser update": lambda: jax.block_until_ready(
+            upd(holder["state"]["params"], holder["state"]["opt_state"])),
+    }
+    seconds = time_interleaved(list(runs.values()), steps)
+    return {name: 1e3 * s for name, s in zip(runs, seconds)}
+
+
+def print_breakdown(preset, dtype, method, batch, ms):
+    whole = ms["whole step"]
+    print(f"\nWhere the step's time goes: {preset} {dtype} {method}, global batch {batch}")
+    print("| part | ms | % of the step |")
+    print("| --- | ---: | ---: |")
+    for name, x in ms.items():
+        print(f"| {name} | {x:.1f} | {100 * x / whole:.0f}% |")
+    rest = whole - sum(x for k, x in ms.items() if k != "whole step")
+    print(f"| rest (step - parts: l2-normalisation, metrics, overlap) | {rest:.1f} "
+          f"| {100 * rest / whole:.0f}% |")
+
+
 def main(argv=None):
     args = _args(argv)
+    if args.mesh_devices:
+        loss_bench._force_devices(args.mesh_devices)  # before jax is imported
     import jax
-    use_torch = not args.no_torch
+    if args.mesh_devices and jax.device_count() != args.mesh_devices:
+        raise SystemExit(f"--mesh-devices {args.mesh_devices}: jax sees {jax.device_count()} "
+                         "devices (jax was imported before the flag could be set)")
+    use_torch = not args.no_torch and not (args.memory or args.breakdown)
     if use_torch:
         import torch
         if loss_bench.torch_device().type == "cpu":
@@ -312,8 +534,23 @@ def main(argv=None):
     print(versions)
     print(f"command: python benchmarks/train_step.py "
           f"{' '.join(sys.argv[1:] if argv is None else argv)}")
+    if args.memory:
+        rows = memory_table(args.models, args.batch, args.methods, args.dtypes, args.chunks,
+                            args.chunk_rows, args.remat)
+        print_memory_table(rows)
+        return rows
+    if args.breakdown:
+        out = {}
+        for preset in args.models:
+            for dtype in args.dtypes:
+                for batch in args.batch:
+                    for method in args.methods:
+                        ms = breakdown(preset, dtype, method, batch, args.steps)
+                        print_breakdown(preset, dtype, method, batch, ms)
+                        out[(preset, dtype, batch, method)] = ms
+        return out
     rows, peak, src = step_table(args.models, args.batch, args.dtypes, args.methods,
-                                 args.steps, use_torch, args.remat)
+                                 args.steps, use_torch, args.remat, tuple(args.chunks or [1]))
     print_step_table(rows, src)
     return rows
 

@@ -69,6 +69,12 @@ def validate_config(config, reference=None) -> None:
     for k in ("batch_size", "log_every_steps", "checkpoint_every_steps"):
         if int(flat[k]) <= 0:
             raise ValueError(f"config.{k}={flat[k]} must be > 0")
+    chunks = config.get("embed_chunks", 1)
+    if isinstance(chunks, bool) or not isinstance(chunks, int) or chunks < 1:
+        raise ValueError(f"config.embed_chunks={chunks!r} must be a positive int")
+    if int(flat["batch_size"]) % chunks:
+        raise ValueError(f"config.embed_chunks={chunks} must divide the per-device batch "
+                         f"(config.batch_size={flat['batch_size']} / data-parallel devices)")
     if config.loss.temperature == "fixed" and float(config.loss.tau) <= 0:
         raise ValueError(f"config.loss.tau={config.loss.tau} must be > 0")
     if not config.init and not config.get("allow_from_scratch", True):
@@ -106,7 +112,8 @@ RESUME_MAY_CHANGE = ("total_steps", "num_epochs", "checkpoint_every_steps", "max
                      "async_checkpointing", "log_every_steps", "progress_bar",
                      "eval_every_steps", "eval_at_end", "eval.", "data.eval_split",
                      "data.data_dir", "data.manual_dir", "data.files_path", "data.images_dir",
-                     "mesh.", "distributed", "loss_impl", "model.dtype", "model.remat",
+                     "mesh.", "distributed", "loss_impl", "embed_chunks", "model.dtype",
+                     "model.remat",
                      "allow_from_scratch")
 
 

@@ -20,7 +20,8 @@ import ml_collections
 import numpy as np
 import optax
 
-from gmm_jax import checkpointing, cli, losses, optim, paths, train_state as ts
+from gmm_jax import checkpointing, cli, gradcache, losses, optim, paths
+from gmm_jax import train_state as ts
 from gmm_jax.run_config import (  # noqa: F401 - re-exported: train_lib's public names
     CHOICES, MODEL_FIELDS, RESUME_MAY_CHANGE, check_paths, check_resumable, config_to_json,
     default_config, validate_config)
@@ -276,6 +277,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     if config.batch_size % n_batch:
         raise ValueError(f"config.batch_size={config.batch_size} is not divisible by the "
                          f"{n_batch} data-parallel devices of the mesh {dict(mesh.shape)}")
+    gradcache.check_chunks(int(config.batch_size), int(config.embed_chunks), n_batch)
     created = not paths.exists(workdir)
     paths.makedirs(workdir)
     sigterm = _SigtermFlag()
@@ -335,7 +337,8 @@ def _train(config, workdir, latest, mesh, ckpt, sigterm, lead):
         objective = local_objective(config.loss, mesh, ts.batch_axes(mesh))
     else:
         objective = losses.build_objective(config.loss)
-    step_fn = ts.make_train_step(model, objective, tx, config.loss, total, lr_fn, mesh, shardings)
+    step_fn = ts.make_train_step(model, objective, tx, config.loss, total, lr_fn, mesh, shardings,
+                                 embed_chunks=int(config.embed_chunks))
     scale_fn, _ = ts.temperature_fns(config.loss, total)
 
     start = int(jax.device_get(state["step"]))

@@ -10,7 +10,7 @@ import numpy as np
 import optax
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
-from gmm_jax import losses
+from gmm_jax import gradcache, losses
 from gmm_jax.models import CLIP
 
 TEMPERATURES = losses.TEMPERATURES  # defined once, in loss_spec
@@ -129,33 +129,44 @@ def _batch_geometry(v, t, max_rows: int = 512):
 
 
 def make_train_step(model: CLIP, objective: Callable, tx: optax.GradientTransformation,
-                    loss_cfg, total_steps: int, lr_fn: Callable, mesh: Mesh, shardings):
+                    loss_cfg, total_steps: int, lr_fn: Callable, mesh: Mesh, shardings,
+                    embed_chunks: int = 1):
     """``step(state, batch, epoch) -> (state, metrics)``, jitted over ``mesh`` with the
     state donated. ``batch``: ``{"image": (B,H,W,3) f32, "tokens": (B,L) i32}`` sharded
-    on the batch axes; the loss sees the whole global batch."""
+    on the batch axes; the loss sees the whole global batch.
+
+    ``embed_chunks = K > 1``: the same gradient with the towers run on ``1/K`` of each
+    device's rows at a time (``gmm_jax.gradcache``: exact, one extra forward pass)."""
     scale_fn, fix_fn = temperature_fns(loss_cfg, total_steps)
+    axes = batch_axes(mesh)
 
     def step_fn(state, batch, epoch):
         key = jax.random.fold_in(jax.random.wrap_key_data(state["rng"]), state["step"])
 
-        def loss_fn(params):
-            img, txt, _ = model.apply({"params": params}, batch["image"], batch["tokens"])
-            v, t = l2_normalize(img), l2_normalize(txt)
+        def towers(params, images, tokens):
+            img, txt, _ = model.apply({"params": params}, images, tokens)
+            return img, txt
+
+        def embedding_loss(params, emb):
+            v, t = l2_normalize(emb[0]), l2_normalize(emb[1])
             scale = scale_fn(params, state["step"])
             total, aux = objective(v, t, scale, key, epoch)
             return total, (aux, v, t, scale)
 
-        (_, (aux, v, t, scale)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-            state["params"])
+        (_, (aux, v, t, scale)), grads = gradcache.value_and_grad(
+            towers, embedding_loss, state["params"], (batch["image"], batch["tokens"]),
+            embed_chunks, mesh, axes)
         updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
         params = fix_fn(optax.apply_updates(state["params"], updates), scale)
         v, t = jax.lax.stop_gradient(v), jax.lax.stop_gradient(t)
         metrics = {f"loss/{k}": x for k, x in aux.items() if not k.startswith(("lam", "mix_w"))}
         metrics.update({k: x for k, x in aux.items() if k.startswith(("lam", "mix_w"))})
         metrics.update(_batch_geometry(v, t))
+        grad_norm = optax.global_norm(grads)
         metrics.update({"lr": lr_fn(state["step"]), "scale": scale,
                         "logit_scale": state["params"]["logit_scale"],
-                        "grad_norm": optax.global_norm(grads)})
+                        "grad_norm": grad_norm, "l2_grads": grad_norm,
+                        "l2_updates": optax.global_norm(updates)})
         new = {"step": state["step"] + 1, "params": params, "opt_state": opt_state,
                "rng": state["rng"]}
         return new, metrics

@@ -109,3 +109,33 @@ def test_transpose_benchmark_smoke(capsys):
         fn, args = cases[name]
         np.testing.assert_allclose(np.asarray(fn(*args), np.float64), want, rtol=1e-4, atol=1e-3,
                                    err_msg=name)
+
+
+def test_train_step_benchmark_memory(capsys):
+    """--memory on the tiny model (conftest: 8 fake CPU devices, batch 16): compile
+    only, at LLVM optimisation level 0."""
+    rows = step_bench.main(["--models", "tiny", "--batch", "16", "--methods", "clip",
+                            "--memory", "--chunks", "2"])
+    assert [(r["chunks"], r["remat"]) for r in rows] == [(1, False), (2, False)]
+    for r in rows:
+        assert r["devices"] == 8 and r["peak"] == r["args"] + r["out"] - r["alias"] + r["temp"]
+        assert r["temp"] > 0 and r["alias"] > 0, r  # the state is donated
+    out = capsys.readouterr().out
+    assert out.count("| tiny | float32 | clip | 16 | 2 |") == 2
+
+
+@pytest.mark.slow
+def test_train_step_benchmark_breakdown_and_chunk_rows(capsys):
+    """Compiles and times seven tiny programs (minutes on a loaded 2-core machine)."""
+    parts = step_bench.main(["--models", "tiny", "--batch", "16", "--methods", "clip",
+                             "--breakdown", "--steps", "1"])
+    ms = parts[("tiny", "float32", 16, "clip")]
+    assert list(ms) == ["whole step", "image tower fwd+bwd", "text tower fwd+bwd",
+                        "loss fwd+bwd (clip, on embeddings)", "optimiser update"]
+    assert all(_finite_positive(x) for x in ms.values()), ms
+    assert "Where the step's time goes" in capsys.readouterr().out
+    rows = step_bench.main(["--models", "tiny", "--batch", "16", "--methods", "clip",
+                            "--chunks", "1", "2", "--steps", "1", "--no-torch"])
+    assert [r["chunks"] for r in rows] == [1, 2]
+    assert all(_finite_positive(r["ms"]) for r in rows)
+    assert "step time with 2 chunks / unchunked" in capsys.readouterr().out

@@ -105,6 +105,11 @@ def get_config() -> ml_collections.ConfigDict:
     config.loss_impl = "global"    # global | local (shard_map: local rows x gathered cols)
 
     config.batch_size = 128        # global batch (contrastive negatives span all of it)
+    # K > 1: run the towers on 1/K of each device's rows at a time and pull the loss's
+    # embedding gradients back chunk by chunk (GradCache): the SAME gradient as K = 1
+    # with about 1/K of the activation memory, for one extra forward pass. Must divide
+    # the per-device batch. docs/large_batch.md.
+    config.embed_chunks = 1
     config.num_epochs = 9
     config.total_steps = 0         # > 0: overrides num_epochs
 
@@ -123,7 +128,10 @@ def get_config() -> ml_collections.ConfigDict:
     config.optim.warmup_frac = 0.1     # warm-up steps = warmup_frac * optimiser steps
     config.optim.end_lr_frac = 0.0     # cosine ends at lr * end_lr_frac
     config.optim.grad_clip = 0.0       # > 0: clip the global gradient norm
-    config.optim.grad_accum_steps = 1  # > 1: optax.MultiSteps (negatives per micro-batch)
+    # > 1: optax.MultiSteps averages the gradients of k separate micro-batch losses. This
+    # CHANGES the objective (negatives only within each micro-batch of batch_size rows);
+    # embed_chunks is the exact alternative (docs/large_batch.md).
+    config.optim.grad_accum_steps = 1
 
     config.mesh = ml_collections.ConfigDict()
     config.mesh.axes = ("data",)   # add "fsdp" to shard parameters as well
