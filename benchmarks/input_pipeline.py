@@ -67,6 +67,7 @@ def _tokenizer(kind: str):
             return out
         return tok
     import importlib.util
+
     from gmm_jax.tokenizer import Tokenizer
     loc = importlib.util.find_spec("open_clip").submodule_search_locations[0]
     return Tokenizer.from_path(os.path.join(loc, "bpe_simple_vocab_16e6.txt.gz"))
@@ -79,6 +80,7 @@ def main():
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     import tensorflow_datasets as tfds
+
     from gmm_jax.data import make_train_iterator
     tfds.disable_progress_bar()
     with tempfile.TemporaryDirectory() as d:

@@ -33,7 +33,6 @@ before jax is imported: run it as its own process.
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import platform
 import sys
@@ -123,6 +122,7 @@ def _loss_cfg(method):
 def jax_fns(methods):
     """name -> (f(v, t) -> scalar, matmul count or None)."""
     import jax
+
     from gmm_jax import losses
 
     key = jax.random.key(0)
@@ -201,6 +201,7 @@ def _flops(compiled):
 def jax_value(method, v, t, lam=LAM):
     """The jax ``clip`` / ``m2mix`` recipe value with a fixed ``lam`` (agreement check)."""
     import jax.numpy as jnp
+
     from gmm_jax import losses
     v, t = jnp.asarray(v), jnp.asarray(t)
     total = losses.clip_loss(v, t, SCALE)
@@ -421,7 +422,8 @@ def local_memory_table(ns, d, k, methods):
     global objective with inputs sharded over a k-device mesh, and the local objective."""
     import jax
     import jax.numpy as jnp
-    from jax.sharding import NamedSharding, PartitionSpec as P
+    from jax.sharding import NamedSharding
+    from jax.sharding import PartitionSpec as P
 
     from gmm_jax import losses
     from gmm_jax.distributed_loss import local_objective

@@ -125,27 +125,27 @@ def build_step(preset, dtype, method, batch, remat=False, chunks=1, seed=0):
     (``jax.ShapeDtypeStruct`` with their shardings)."""
     import jax
     import jax.numpy as jnp
-    from gmm_jax import gradcache, losses, optim
-    from gmm_jax import train_state as ts
+
+    from gmm_jax import gradcache, losses, optim, train_state
     from gmm_jax.models import CLIP, init_params, presets
 
     config = project_config(preset, dtype, method, batch, remat, chunks)
     mcfg = presets.get_config(preset, dtype=dtype, remat=bool(remat))
     model = CLIP(mcfg)
-    mesh = ts.make_mesh(config.mesh.axes, config.mesh.shape)
+    mesh = train_state.make_mesh(config.mesh.axes, config.mesh.shape)
     gradcache.check_chunks(int(batch), int(chunks), mesh.size)
     tx, lr_fn = optim.make_optimizer(config, config.total_steps)
     objective = losses.build_objective(config.loss)
 
     def fresh(p):
-        return ts.new_state(ts.init_temperature_param(p, config.loss), tx, seed)
+        return train_state.new_state(train_state.init_temperature_param(p, config.loss), tx, seed)
 
     params = jax.eval_shape(lambda: init_params(model, jax.random.key(seed)))
     abstract = jax.eval_shape(fresh, params)
-    shardings = ts.state_shardings(abstract, mesh)
-    step = ts.make_train_step(model, objective, tx, config.loss, config.total_steps, lr_fn,
+    shardings = train_state.state_shardings(abstract, mesh)
+    step = train_state.make_train_step(model, objective, tx, config.loss, config.total_steps, lr_fn,
                               mesh, shardings, embed_chunks=int(chunks))
-    data = ts.batch_sharding(mesh)
+    data = train_state.batch_sharding(mesh)
     size = mcfg.image_size
     abstract_batch = {
         "image": jax.ShapeDtypeStruct((batch, size, size, 3), jnp.float32, sharding=data),
@@ -161,6 +161,7 @@ def build_step(preset, dtype, method, batch, remat=False, chunks=1, seed=0):
 def materialise(parts, seed=0):
     """``(state, batch)``: random weights and a synthetic batch, on the mesh."""
     import jax
+
     from gmm_jax.models import init_params
     params = init_params(parts["model"], jax.random.key(seed))
     state = jax.jit(parts["fresh"], out_shardings=parts["shardings"])(params)
@@ -222,6 +223,7 @@ def torch_step(preset, dtype, method, batch, seed=0):
     """``run_one_step()`` of HF ``CLIPModel`` + AdamW with the same loss, one device."""
     import torch
     from transformers import CLIPModel
+
     from gmm_jax.models import presets
 
     mcfg = presets.get_config(preset)
@@ -450,13 +452,14 @@ def breakdown(preset, dtype, method, batch, steps):
     random cotangent), the loss fwd+bwd on (N, D) embeddings, the optimiser update."""
     import jax
     import jax.numpy as jnp
-    from gmm_jax import train_state as ts
+
+    from gmm_jax import train_state
     from gmm_jax.models import CLIP
 
     parts = build_step(preset, dtype, method, batch)
     state, data = materialise(parts)
     model, mesh, tx, objective = parts["model"], parts["mesh"], parts["tx"], parts["objective"]
-    rows_sh = ts.batch_sharding(mesh)
+    rows_sh = train_state.batch_sharding(mesh)
     epoch = np.int32(0)
     step = parts["step"].lower(state, data, epoch).compile()
     holder = {"state": state}
@@ -480,7 +483,7 @@ def breakdown(preset, dtype, method, batch, steps):
            for k in jax.random.split(key, 2)]
 
     def loss_fn(img, txt):
-        v, t = ts.l2_normalize(img), ts.l2_normalize(txt)
+        v, t = train_state.l2_normalize(img), train_state.l2_normalize(txt)
         return objective(v, t, 100.0, key, epoch)[0]
     loss = jax.jit(jax.value_and_grad(loss_fn, argnums=(0, 1))).lower(*emb).compile()
 

@@ -31,8 +31,7 @@ from typing import Any, Optional
 import numpy as np
 
 from gmm_jax import paths
-from gmm_jax.models import CLIP, CLIPConfig
-from gmm_jax.models import layouts
+from gmm_jax.models import CLIP, CLIPConfig, layouts
 
 _OPENCLIP_FILES = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin",
                    "model.safetensors", "pytorch_model.bin")

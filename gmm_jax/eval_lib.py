@@ -23,15 +23,16 @@ import jax
 import ml_collections
 import numpy as np
 from jax.experimental import multihost_utils
-from jax.sharding import NamedSharding, PartitionSpec as P
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 from tqdm.auto import tqdm
 
 from gmm_jax import evaluators, figures, losses, paths, report
 from gmm_jax.evaluators import DataMissing, EvalContext, EvalError, as_list  # noqa: F401
 from gmm_jax.evaluators.context import take as _take  # noqa: F401  (kept name)
 from gmm_jax.evaluators.zeroshot import DEMO_DATASETS as DEMO_ZEROSHOT  # noqa: F401
-from gmm_jax.report import compare_runs, load_metrics  # noqa: F401  (re-exported API)
 from gmm_jax.figures import gap_figure_side_by_side  # noqa: F401  (re-exported API)
+from gmm_jax.report import compare_runs, load_metrics  # noqa: F401  (re-exported API)
 
 log = logging.getLogger(__name__)
 

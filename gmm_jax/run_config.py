@@ -7,7 +7,7 @@ import json
 
 import ml_collections
 
-from gmm_jax import losses, paths, train_state as ts
+from gmm_jax import losses, paths, train_state
 
 MODEL_FIELDS = ("embed_dim", "act", "image_size", "patch_size", "vision_width",
                 "vision_layers", "vision_heads", "vision_mlp_dim", "vocab_size",
@@ -16,7 +16,7 @@ MODEL_FIELDS = ("embed_dim", "act", "image_size", "patch_size", "vision_width",
 CHOICES = {
     "loss.method": losses.METHODS, "loss.mix_schedule": losses.MIX_SCHEDULES,
     "loss.mix_form": losses.MIX_FORMS, "loss.swap": losses.SWAPS,
-    "loss.temperature": ts.TEMPERATURES, "loss_impl": ("global", "local"),
+    "loss.temperature": train_state.TEMPERATURES, "loss_impl": ("global", "local"),
     "model.dtype": ("float32", "bfloat16"), "optim.name": ("adamw",),
     "optim.schedule": ("cosine", "constant"),
     "data.name": ("coco", "flickr30k", "image_text_files", "demo", "class_captions"),

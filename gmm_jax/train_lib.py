@@ -20,12 +20,18 @@ import ml_collections
 import numpy as np
 import optax
 
-from gmm_jax import checkpointing, cli, gradcache, losses, optim, paths
-from gmm_jax import train_state as ts
-from gmm_jax.run_config import (  # noqa: F401 - re-exported: train_lib's public names
-    CHOICES, MODEL_FIELDS, RESUME_MAY_CHANGE, check_paths, check_resumable, config_to_json,
-    default_config, validate_config)
+from gmm_jax import checkpointing, cli, gradcache, losses, optim, paths, train_state
 from gmm_jax.models import CLIP, init_params, presets
+from gmm_jax.run_config import (  # noqa: F401 - re-exported: train_lib's public names
+    CHOICES,
+    MODEL_FIELDS,
+    RESUME_MAY_CHANGE,
+    check_paths,
+    check_resumable,
+    config_to_json,
+    default_config,
+    validate_config,
+)
 
 log = logging.getLogger(__name__)
 
@@ -272,8 +278,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         if changed:
             log.warning("resuming with changed %s", ", ".join(f"config.{k}" for k in changed))
     lead = jax.process_index() == 0
-    mesh = ts.make_mesh(config.mesh.axes, config.mesh.shape)
-    n_batch = int(np.prod([mesh.shape[a] for a in ts.batch_axes(mesh)]))
+    mesh = train_state.make_mesh(config.mesh.axes, config.mesh.shape)
+    n_batch = int(np.prod([mesh.shape[a] for a in train_state.batch_axes(mesh)]))
     if config.batch_size % n_batch:
         raise ValueError(f"config.batch_size={config.batch_size} is not divisible by the "
                          f"{n_batch} data-parallel devices of the mesh {dict(mesh.shape)}")
@@ -303,7 +309,7 @@ def _train(config, workdir, latest, mesh, ckpt, sigterm, lead):
     if lead:
         _write_run_files(workdir, mcfg, tok, config, fresh=latest is None)
 
-    data_sharding = ts.batch_sharding(mesh)
+    data_sharding = train_state.batch_sharding(mesh)
     it = make_train_iterator(config.data, tok, mcfg.image_size, int(config.batch_size),
                              int(config.seed), sharding=data_sharding,
                              context_length=mcfg.context_length)
@@ -311,13 +317,13 @@ def _train(config, workdir, latest, mesh, ckpt, sigterm, lead):
     tx, lr_fn = optim.make_optimizer(config, total)
 
     def fresh_state(p):
-        return ts.new_state(ts.init_temperature_param(p, config.loss), tx, int(config.seed))
+        return train_state.new_state(train_state.init_temperature_param(p, config.loss), tx, int(config.seed))
 
     if latest is None:
         abstract = jax.eval_shape(fresh_state, params)
     else:
         abstract = jax.eval_shape(lambda: fresh_state(init_params(model, jax.random.key(0))))
-    shardings = ts.state_shardings(abstract, mesh)
+    shardings = train_state.state_shardings(abstract, mesh)
     if latest is None:
         state = jax.jit(fresh_state, out_shardings=shardings)(params)
         del params
@@ -334,12 +340,12 @@ def _train(config, workdir, latest, mesh, ckpt, sigterm, lead):
 
     if config.loss_impl == "local":
         from gmm_jax.distributed_loss import local_objective
-        objective = local_objective(config.loss, mesh, ts.batch_axes(mesh))
+        objective = local_objective(config.loss, mesh, train_state.batch_axes(mesh))
     else:
         objective = losses.build_objective(config.loss)
-    step_fn = ts.make_train_step(model, objective, tx, config.loss, total, lr_fn, mesh, shardings,
+    step_fn = train_state.make_train_step(model, objective, tx, config.loss, total, lr_fn, mesh, shardings,
                                  embed_chunks=int(config.embed_chunks))
-    scale_fn, _ = ts.temperature_fns(config.loss, total)
+    scale_fn, _ = train_state.temperature_fns(config.loss, total)
 
     start = int(jax.device_get(state["step"]))
     logger = _Logger(workdir, total, start, int(config.batch_size), lead,

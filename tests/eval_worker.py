@@ -33,7 +33,8 @@ def main():
                                    num_processes=args.num_processes,
                                    process_id=args.process_id)
     import jax.numpy as jnp
-    from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
+    from jax.sharding import AxisType, NamedSharding
+    from jax.sharding import PartitionSpec as P
 
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     from gmm_jax import eval_lib

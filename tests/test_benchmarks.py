@@ -6,7 +6,6 @@ import os
 import sys
 
 import jax
-import ml_collections
 import numpy as np
 import pytest
 

@@ -347,6 +347,7 @@ def _custom_hf_tokenizer(seed=0):
     symbols, merges learned by the tests' brute-force trainer, ids shuffled (unlike
     OpenAI's layout). save_pretrained writes tokenizer.json only (transformers 5)."""
     from tokenizers.pre_tokenizers import ByteLevel
+
     from tests.test_tokenizer import _naive_bpe_train
     merges = _naive_bpe_train(CAPTIONS, 514 + 60)
     alphabet = sorted(ByteLevel.alphabet())

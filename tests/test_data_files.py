@@ -9,7 +9,8 @@ import pytest
 import tensorflow_datasets as tfds
 from PIL import Image
 
-from gmm_jax.data import flickr30k, image_text_files as itf
+from gmm_jax.data import flickr30k
+from gmm_jax.data import image_text_files as itf
 from gmm_jax.data.sources import get_source
 
 COLOURS = {"red": (230, 20, 20), "green": (20, 200, 40), "blue": (20, 40, 230),

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from gmm_jax.data import captions_files, image_text_files as itf
-from gmm_jax.data import load_retrieval_split, make_train_iterator
+from gmm_jax.data import captions_files, load_retrieval_split, make_train_iterator
+from gmm_jax.data import image_text_files as itf
 from gmm_jax.data.sources import get_source
 from tests.test_data_files import _check_examples, _jsonl, _read_all, _write_images
 

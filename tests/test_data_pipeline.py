@@ -3,7 +3,8 @@ import jax
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
-from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
+from jax.sharding import AxisType, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from gmm_jax.data import demo, make_train_iterator, preprocess
 from gmm_jax.data.sources import get_source

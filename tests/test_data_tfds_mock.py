@@ -7,8 +7,13 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 from PIL import Image
 
-from gmm_jax.data import (class_names, load_classification_split, load_retrieval_split,
-                          make_train_iterator, preprocess)
+from gmm_jax.data import (
+    class_names,
+    load_classification_split,
+    load_retrieval_split,
+    make_train_iterator,
+    preprocess,
+)
 from gmm_jax.data.sources import get_source
 
 # Karpathy split sizes of the fake COCO; captions per image vary (COCO has 5-7).

@@ -13,7 +13,7 @@ import numpy as np
 import optax
 import pytest
 
-from gmm_jax import gradcache, losses, run_config, train_state as ts
+from gmm_jax import gradcache, losses, run_config, train_state
 from gmm_jax.models import CLIP, init_params, presets
 from tests.train_step_setup import assert_grads_close, batch_arrays, flat_leaves, loss_config
 
@@ -44,8 +44,8 @@ def test_value_and_grad_equals_plain(devices, chunks):
     p = jax.tree.map(lambda z: jnp.asarray(z, jnp.float32), p)
     x = rng.normal(size=(48, 5)).astype(np.float32)
     y = rng.normal(size=(48, 3)).astype(np.float32)
-    mesh = ts.make_mesh(("data",), (devices,), jax.devices()[:devices])
-    sh = ts.batch_sharding(mesh)
+    mesh = train_state.make_mesh(("data",), (devices,), jax.devices()[:devices])
+    sh = train_state.batch_sharding(mesh)
     x, y = jax.device_put(x, sh), jax.device_put(y, sh)
     (want, want_aux), want_g = jax.jit(jax.value_and_grad(
         lambda q: _loss(q, _encode(q, x, y)), has_aux=True))(p)
@@ -100,21 +100,21 @@ def _config(case):
 def _run(case, chunks, n_devices, impl="global"):
     """Flat parameters and the last step's metrics after ``STEPS`` SGD steps."""
     cfg = _config(case)
-    mesh = ts.make_mesh(("data",), (n_devices,), jax.devices()[:n_devices])
+    mesh = train_state.make_mesh(("data",), (n_devices,), jax.devices()[:n_devices])
     model = CLIP(presets.get_config("tiny", vision_layers=1, text_layers=1))
-    params = ts.init_temperature_param(init_params(model, jax.random.key(0)), cfg)
+    params = train_state.init_temperature_param(init_params(model, jax.random.key(0)), cfg)
     tx = optax.sgd(0.5)
-    state = ts.new_state(params, tx, seed=3)
-    shardings = ts.state_shardings(jax.eval_shape(lambda: state), mesh)
+    state = train_state.new_state(params, tx, seed=3)
+    shardings = train_state.state_shardings(jax.eval_shape(lambda: state), mesh)
     state = jax.device_put(state, shardings)
     if impl == "local":
         from gmm_jax.distributed_loss import local_objective
-        objective = local_objective(cfg, mesh, ts.batch_axes(mesh))
+        objective = local_objective(cfg, mesh, train_state.batch_axes(mesh))
     else:
         objective = losses.build_objective(cfg)
-    step = ts.make_train_step(model, objective, tx, cfg, 10, lambda s: 1.0, mesh, shardings,
+    step = train_state.make_train_step(model, objective, tx, cfg, 10, lambda s: 1.0, mesh, shardings,
                               embed_chunks=chunks)
-    data = ts.batch_sharding(mesh)
+    data = train_state.batch_sharding(mesh)
     images, tokens = batch_arrays()
     step = step.lower(state, {"image": jax.device_put(images, data),
                               "tokens": jax.device_put(tokens, data)}, np.int32(0)).compile(

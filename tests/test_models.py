@@ -9,8 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from gmm_jax.models import CLIP, CLIPConfig, get_config, init_params
-from gmm_jax.models import presets
+from gmm_jax.models import CLIP, CLIPConfig, get_config, init_params, presets
 
 # ------------------------------------------------------------------ float64 reference
 

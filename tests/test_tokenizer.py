@@ -18,7 +18,8 @@ from collections import Counter
 import numpy as np
 import pytest
 import regex
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from gmm_jax import tokenizer as tokmod
 from gmm_jax.tokenizer import Tokenizer

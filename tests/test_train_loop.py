@@ -133,6 +133,7 @@ def test_fine_tuning_starts_from_config_init_in_bf16(tmp_path, data_dir):
     """config.init: a converted model directory is the starting point (lr 0 keeps it
     exactly: AdamW's decay is scaled by lr); bf16 compute keeps fp32 parameters."""
     import jax
+
     from gmm_jax import pretrained
     from gmm_jax.data import demo
     from gmm_jax.models import CLIP, init_params, presets

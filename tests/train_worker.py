@@ -29,8 +29,8 @@ def main():
     p.add_argument("overrides", nargs="*", help="dotted config key=JSON value")
     args = p.parse_intermixed_args()
     os.environ.setdefault("JAX_PLATFORMS", "cpu")
-    from gmm_jax.configs import tiny
     from gmm_jax import checkpointing, train_lib, train_state
+    from gmm_jax.configs import tiny
 
     config = tiny.get_config()
     config.data.data_dir = args.data_dir

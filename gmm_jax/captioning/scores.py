@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import logging
 import shutil
-from typing import Mapping, Sequence
+from typing import Sequence
 
 import regex
 

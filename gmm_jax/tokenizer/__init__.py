@@ -8,8 +8,7 @@
 Modules: ``bpe`` (pure functions: clean-up, pre-tokenisation, merges, training),
 ``files`` (the file formats), ``encoder`` (the ``Tokenizer`` class).
 """
-from gmm_jax.tokenizer.bpe import (EOT_TOKEN, EOW, SOT_TOKEN, bytes_to_unicode,
-                                   clean_text)
+from gmm_jax.tokenizer.bpe import EOT_TOKEN, EOW, SOT_TOKEN, bytes_to_unicode, clean_text
 from gmm_jax.tokenizer.encoder import Tokenizer
 from gmm_jax.tokenizer.files import OPENAI_NUM_MERGES
 
