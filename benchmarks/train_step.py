@@ -14,8 +14,11 @@ same batch, features L2-normalised, the same loss (plain CLIP at scale 100, or p
 the authors' m2mix restated in ``benchmarks/loss.py``); ``bfloat16`` rows run under
 ``torch.autocast`` (on CUDA, or on CPU when the benchmark runs there). One device.
 
-FLOPs per step come from XLA's cost analysis of the compiled JAX step (per device)
-and are used for both frameworks' MFU. Peak: bf16 dense TFLOP/s of the device kind
+FLOPs per step are the model's: the matrix products of both towers counted from the
+architecture (``model_flops``; forward + backward = 3x forward), used for both
+frameworks' MFU. XLA's own count of the compiled step is printed beside it as a ratio:
+on GPU it leaves out the products handed to cuBLAS (about 1/20 of a ViT-B/16 step on an
+H200), so it cannot serve for MFU there. Peak: bf16 dense TFLOP/s of the device kind
 (H100/H200 989, A100 312, TPU v4 275, v5e 197, v5p 459) for both dtypes; on CPU the
 "peak" is a plain fp32 matmul measured in the same run (so CPU "MFU" means "fraction of
 what XLA's own matmul reaches here").
@@ -189,6 +192,29 @@ def jax_step(preset, dtype, method, batch, remat=False, seed=0, chunks=1):
     return run, flops, parts["mesh"].size
 
 
+def forward_flops(mcfg) -> tuple[int, int]:
+    """``(image tower, text tower)`` forward FLOPs per example: every matrix product
+    (2 FLOPs per multiply-add): per layer ``2 L (4 W^2 + 2 W M)`` for the projections
+    and MLP plus ``4 L^2 W`` for the attention scores and mix (the causal text attention
+    in full, as computed), the patch embedding and the output projections."""
+    def tower(length, width, mlp, layers):
+        return layers * (2 * length * (4 * width * width + 2 * width * mlp)
+                         + 4 * length * length * width)
+    patches = (mcfg.image_size // mcfg.patch_size) ** 2
+    image = (tower(patches + 1, mcfg.vision_width, mcfg.vision_mlp_dim, mcfg.vision_layers)
+             + 2 * patches * mcfg.patch_size ** 2 * 3 * mcfg.vision_width
+             + 2 * mcfg.vision_width * mcfg.embed_dim)
+    text = (tower(mcfg.context_length, mcfg.text_width, mcfg.text_mlp_dim, mcfg.text_layers)
+            + 2 * mcfg.text_width * mcfg.embed_dim)
+    return image, text
+
+
+def model_flops(mcfg, batch: int) -> int:
+    """Model FLOPs of one training step on a global batch (forward + backward = 3x the
+    forward; the loss's N x N products are left out: under 0.1% at ViT-B sizes)."""
+    return 3 * int(batch) * sum(forward_flops(mcfg))
+
+
 def synthetic_batch(key, batch, mcfg):
     """Random CLIP-normalised-like images and token ids with EOT at the last position."""
     import jax
@@ -296,10 +322,12 @@ def _step_rows(preset, dtype, batch, method, chunks, steps, use_torch, remat, pe
     alternate step by step (shared, noisy machine); on accelerators one after the other
     (each may need the whole memory)."""
     import jax
+
+    from gmm_jax.models import presets
     together = jax.devices()[0].platform == "cpu"
-    runs, names, flops, ndev = [], [], {}, 1
+    runs, names, xla, ndev = [], [], {}, 1
     for k in chunks:
-        run, flops[k], ndev = jax_step(preset, dtype, method, batch, remat, chunks=k)
+        run, xla[k], ndev = jax_step(preset, dtype, method, batch, remat, chunks=k)
         runs.append(run)
         names.append(k)
         if not together:
@@ -310,17 +338,19 @@ def _step_rows(preset, dtype, batch, method, chunks, steps, use_torch, remat, pe
                     time_steps(torch_step(preset, dtype, method, batch), steps))
         names.append("torch")
     seconds = time_interleaved(runs, steps) if together else runs
+    # Model FLOPs for every row: the chunked step's second forward pass is recomputation,
+    # not model work (and XLA counts a loop body once).
+    flops = model_flops(presets.get_config(preset), batch)
     rows = []
     for name, s in zip(names, seconds):
         if name == "torch":
-            f = flops.get(1)  # the unchunked step's FLOPs (no recomputation)
             rows.append(_row(preset, dtype, batch, method, "torch (HF CLIPModel)", s,
-                             f * ndev if f else None, 1, peak, 1))
+                             flops, 1, peak, 1))
         else:
-            # model FLOPs: the unchunked step's (XLA counts a loop body once, and the
-            # chunked step's second forward pass is recomputation, not model work)
             rows.append(_row(preset, dtype, batch, method, "jax (gmm_jax step)", s,
-                             flops.get(1) if name != 1 else flops[1], ndev, peak, name))
+                             flops / ndev, ndev, peak, name,
+                             xla_ratio=None if not xla.get(name) else
+                             xla[name] * ndev / flops))
         _progress(rows[-1])
     return rows
 
@@ -330,10 +360,11 @@ def _progress(r):
           f"chunks {r['chunks']} {r['framework']}: {r['ms']:.0f} ms/step", flush=True)
 
 
-def _row(preset, dtype, batch, method, framework, seconds, flops, ndev, peak, chunks=1):
+def _row(preset, dtype, batch, method, framework, seconds, flops, ndev, peak, chunks=1,
+         xla_ratio=None):
     achieved = None if flops is None else flops / seconds
     return dict(model=preset, dtype=dtype, batch=batch, method=method, chunks=chunks,
-                framework=framework,
+                framework=framework, xla_ratio=xla_ratio,
                 ms=1e3 * seconds, img_s=batch / seconds, devices=ndev,
                 tflops=None if achieved is None else achieved / 1e12,
                 mfu=None if achieved is None else achieved / peak)
@@ -342,13 +373,14 @@ def _row(preset, dtype, batch, method, framework, seconds, flops, ndev, peak, ch
 def print_step_table(rows, peak_src):
     print(f"\npeak reference: {peak_src}")
     print("| model | dtype | global batch | loss | embed_chunks | framework | ms/step "
-          "| images/s | TFLOP/s per device | MFU |")
-    print("| --- | --- | ---: | --- | ---: | --- | ---: | ---: | ---: | ---: |")
+          "| images/s | model TFLOP/s per device | MFU | XLA / model FLOPs |")
+    print("| --- | --- | ---: | --- | ---: | --- | ---: | ---: | ---: | ---: | ---: |")
     for r in rows:
         tf = "-" if r["tflops"] is None else f"{r['tflops']:.3f}"
         mfu = "-" if r["mfu"] is None else f"{100 * r['mfu']:.1f}%"
+        xr = "-" if r.get("xla_ratio") is None else f"{r['xla_ratio']:.2f}"
         print(f"| {r['model']} | {r['dtype']} | {r['batch']} | {r['method']} | {r['chunks']} "
-              f"| {r['framework']} | {r['ms']:.0f} | {r['img_s']:.2f} | {tf} | {mfu} |")
+              f"| {r['framework']} | {r['ms']:.0f} | {r['img_s']:.2f} | {tf} | {mfu} | {xr} |")
     # ratios the targets are stated in
     by = {(r["model"], r["dtype"], r["batch"], r["method"], r["chunks"], r["framework"]): r
           for r in rows}

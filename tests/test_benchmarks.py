@@ -86,6 +86,49 @@ def test_train_step_benchmark_smoke(capsys):
     assert "m2mix step time / clip step time" in out
 
 
+def _jaxpr_matmul_flops(jaxpr) -> int:
+    """FLOPs of every dot_general and convolution in ``jaxpr`` (sub-jaxprs included):
+    2 x (output elements) x (contracted size)."""
+    from jax.extend import core as jcore
+    total = 0
+    for eqn in jaxpr.eqns:
+        out = int(np.prod(eqn.outvars[0].aval.shape)) if eqn.outvars else 0
+        if eqn.primitive.name == "dot_general":
+            (contract, _), _ = eqn.params["dimension_numbers"]
+            lhs = eqn.invars[0].aval.shape
+            total += 2 * out * int(np.prod([lhs[i] for i in contract]))
+        elif eqn.primitive.name == "conv_general_dilated":
+            kernel = eqn.invars[1].aval.shape  # HWIO: each output sums over H x W x I
+            total += 2 * out * int(np.prod(kernel[:-1]))
+        for p in eqn.params.values():
+            if isinstance(p, jcore.ClosedJaxpr):
+                total += _jaxpr_matmul_flops(p.jaxpr)
+            elif isinstance(p, jcore.Jaxpr):
+                total += _jaxpr_matmul_flops(p)
+    return total
+
+
+@pytest.mark.parametrize("preset", ["tiny", "demo"])
+def test_model_flops_count_every_matrix_product(preset):
+    """The analytic FLOPs behind MFU equal a brute-force count of the products in the
+    towers' traced programs (XLA's GPU count leaves cuBLAS calls out, so MFU uses these)."""
+    import jax
+    import jax.numpy as jnp
+
+    from gmm_jax.models import CLIP, init_params, presets
+    mcfg = presets.get_config(preset)
+    model = CLIP(mcfg)
+    params = jax.eval_shape(lambda: init_params(model, jax.random.key(0)))
+    n = 3
+    images = jnp.zeros((n, mcfg.image_size, mcfg.image_size, 3))
+    tokens = jnp.ones((n, mcfg.context_length), jnp.int32)
+    counted = [_jaxpr_matmul_flops(jax.make_jaxpr(
+        lambda p, x, m=m: model.apply({"params": p}, x, method=m))(params, x).jaxpr) // n
+        for m, x in ((model.encode_image, images), (model.encode_text, tokens))]
+    assert tuple(counted) == step_bench.forward_flops(mcfg)
+    assert step_bench.model_flops(mcfg, 10) == 3 * 10 * sum(counted)
+
+
 def test_hf_config_mirrors_the_preset():
     from gmm_jax.models import presets
     mcfg = presets.get_config("ViT-B/16")
