@@ -107,7 +107,8 @@ def inputs(n, d, seed=0):
     rng = np.random.default_rng(seed)
     v = rng.standard_normal((n, d)).astype(np.float32)
     t = rng.standard_normal((n, d)).astype(np.float32)
-    return v / np.linalg.norm(v, axis=1, keepdims=True), t / np.linalg.norm(t, axis=1, keepdims=True)
+    return (v / np.linalg.norm(v, axis=1, keepdims=True),
+            t / np.linalg.norm(t, axis=1, keepdims=True))
 
 
 def _loss_cfg(method):
@@ -137,7 +138,8 @@ def jax_fns(methods):
     if "m2mix" in methods:
         fns["jax clip+m2mix (objective)"] = (objective("m2mix"), MATMUL_COUNT["m2mix"])
         fns["jax clip_loss + m2mix_loss"] = (
-            lambda v, t: losses.clip_loss(v, t, SCALE) + C_M2 * losses.m2mix_loss(v, t, LAM, M2_SCALE),
+            lambda v, t: (losses.clip_loss(v, t, SCALE)
+                          + C_M2 * losses.m2mix_loss(v, t, LAM, M2_SCALE)),
             MATMUL_COUNT["m2mix"])
     if "m3mix" in methods:
         fns["jax m3mix (objective)"] = (objective("m3mix"), None)
@@ -399,11 +401,13 @@ def print_loss_table(n, d, rows, mm_gflops):
     by = {r["case"]: r["ms"] for r in rows}
     floor = [by.get(f"jax floor: {m}'s {MATMUL_COUNT[m]} products") for m in ("clip", "m2mix")]
     if None not in floor and "jax clip+m2mix (objective)" in by and "jax clip_loss" in by:
-        print(f"\nclip+m2mix / clip_loss: {by['jax clip+m2mix (objective)'] / by['jax clip_loss']:.2f}x"
+        print("\nclip+m2mix / clip_loss: "
+              f"{by['jax clip+m2mix (objective)'] / by['jax clip_loss']:.2f}x"
               f" (their bare products alone: {floor[1] / floor[0]:.2f}x)")
     eager = by.get("torch eager clip+m2mix (authors')")
     if eager and "jax clip+m2mix (objective)" in by:
-        print(f"torch eager (authors') / jax clip+m2mix: {eager / by['jax clip+m2mix (objective)']:.2f}x")
+        print("torch eager (authors') / jax clip+m2mix: "
+              f"{eager / by['jax clip+m2mix (objective)']:.2f}x")
 
 
 # ---------------------------------------------------------------------- local loss
@@ -459,11 +463,13 @@ def local_memory_table(ns, d, k, methods):
 def print_local_table(rows, k, platform_name):
     print(f"\nPer-device XLA temp memory, fwd+bwd, {k}-device mesh ({platform_name}); "
           "MB (ratio to the global loss on one device)")
-    print(f"| method | N | D | global, 1 device | global, inputs sharded x{k} | local (shard_map) x{k} |")
+    print(f"| method | N | D | global, 1 device | global, inputs sharded x{k} "
+          f"| local (shard_map) x{k} |")
     print("| --- | ---: | ---: | ---: | ---: | ---: |")
     for r in rows:
         base = r["global_1"]
-        cell = lambda b: "-" if b is None else f"{b / 2**20:.0f} ({b / base:.2f})"  # noqa: E731
+        cell = lambda b, base=base: (  # noqa: E731
+            "-" if b is None else f"{b / 2**20:.0f} ({b / base:.2f})")
         print(f"| {r['method']} | {r['n']} | {r['d']} | {base / 2**20:.0f} | "
               f"{cell(r['global_k'])} | {cell(r['local_k'])} |")
 
@@ -490,7 +496,8 @@ def describe_device():
     cpu = platform.processor() or platform.machine()
     try:
         with open("/proc/cpuinfo") as f:
-            cpu = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), cpu)
+            cpu = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")),
+                       cpu)
     except OSError:
         pass
     return (f"{dev.device_kind} ({jax.default_backend()}, {len(jax.devices())} devices); "

@@ -66,7 +66,8 @@ def main():
     from gmm_jax.tokenizer import Tokenizer
     tok = Tokenizer.from_path(args.vocab) if args.vocab else Tokenizer.default()
     caps = make_captions(args.n, args.non_ascii)
-    print(f"{args.n} captions, {args.non_ascii:.0%} with a non-ASCII/html word, batch {args.batch}, "
+    print(f"{args.n} captions, {args.non_ascii:.0%} with a non-ASCII/html word, "
+          f"batch {args.batch}, "
           f"1 core; {tok!r}")
     cold = _rate(lambda b: tok(b, context_length=77), caps, args.batch)
     warm = _rate(lambda b: tok(b, context_length=77), caps, args.batch)

@@ -26,7 +26,8 @@ def cases(n: int, d: int):
         "elementwise pass: 2 G + 1": (jax.jit(lambda g: 2 * g + 1), (g,)),
         "G + G^T": (jax.jit(lambda g: g + g.T), (g,)),
         "G @ x (one product)": (jax.jit(lambda g, x: g @ x), (g, x)),
-        "G^T @ x (transposed operand)": (jax.jit(lambda g, x: jnp.einsum("mn,md->nd", g, x)), (g, x)),
+        "G^T @ x (transposed operand)": (jax.jit(lambda g, x: jnp.einsum("mn,md->nd", g, x)),
+                                         (g, x)),
         "(G + G^T) @ x": (jax.jit(lambda g, x: (g + g.T) @ x), (g, x)),
         "G @ x + G^T @ x": (jax.jit(lambda g, x: g @ x + jnp.einsum("mn,md->nd", g, x)), (g, x)),
     }
@@ -55,7 +56,8 @@ def main(argv=None) -> dict:
     import jax
     print(f"jax {jax.__version__} on {jax.devices()[0].device_kind}, {os.cpu_count()} cores; "
           f"XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}")
-    print(f"command: python benchmarks/transpose.py {' '.join(sys.argv[1:] if argv is None else argv)}")
+    print("command: python benchmarks/transpose.py "
+          f"{' '.join(sys.argv[1:] if argv is None else argv)}")
     best = measure(args.n, args.d, args.repeats)
     unit = best["G @ x (one product)"]
     print(f"\nN={args.n} D={args.d}, best of {args.repeats}")

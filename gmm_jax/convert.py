@@ -388,7 +388,8 @@ def load_source(fmt: str, path: str, progress: bool = False, **config_overrides)
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m gmm_jax.convert", description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m gmm_jax.convert",
+                                 description=__doc__.split("\n")[0])
     ap.add_argument("--src", required=True, help="HF directory or hub id (ORG/NAME), OpenAI "
                     ".pt, OpenCLIP file or dir or pretrained tag (MODEL:TAG, hf-hub:ORG/NAME), "
                     "or a training run's workdir (--format run)")
@@ -401,7 +402,8 @@ def main(argv=None) -> int:
     ap.add_argument("--tokenizer", help="HF tokenizer dir or bpe_simple_vocab_16e6.txt.gz "
                     "(default: the source's own files, else OpenAI's vocabulary)")
     ap.add_argument("--act", choices=("quick_gelu", "gelu"),
-                    help="activation (openai/openclip; default: quick_gelu / open_clip_config.json)")
+                    help="activation (openai/openclip; "
+                    "default: quick_gelu / open_clip_config.json)")
     ap.add_argument("--vision-heads", type=int, help="default: from the config, else width // 64")
     ap.add_argument("--text-heads", type=int, help="default: from the config, else width // 64")
     args = ap.parse_args(argv)

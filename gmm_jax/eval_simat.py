@@ -121,7 +121,8 @@ def load_simat(directory: str, domain: str = "test", image_size: int = 224) -> S
     sim = _load_similarity(directory)
     tid = np.array([int(float(r["target_ids"])) for r in rows], np.int64)
     if sim.ndim != 2 or sim.shape[0] != n or tid.max() >= sim.shape[1]:
-        raise ValueError(f"SIMAT similarity matrix has shape {sim.shape}; need ({n}, > {tid.max()})")
+        raise ValueError(f"SIMAT similarity matrix has shape {sim.shape}; "
+                         f"need ({n}, > {tid.max()})")
     return SimatDB(
         image_paths=[files[did2rid[d]] for d in range(n)],
         source=np.array([rid2did[str(r["region_id"])] for r in rows], np.int64),

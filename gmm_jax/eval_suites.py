@@ -203,7 +203,8 @@ def arithmetic_neighbours(image_emb, source, delta, lams: Sequence[float] = LAMB
     source = np.asarray(source, np.int64)
     delta = np.asarray(delta, np.float32)
     if delta.shape != (len(source), img.shape[1]):
-        raise ValueError(f"delta must have shape ({len(source)}, {img.shape[1]}), got {delta.shape}")
+        raise ValueError(f"delta must have shape ({len(source)}, {img.shape[1]}), "
+                         f"got {delta.shape}")
     out = np.empty((len(lams), len(source)), np.int64)
     for li, lam in enumerate(lams):
         for start in range(0, len(source), chunk):

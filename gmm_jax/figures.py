@@ -107,7 +107,8 @@ def reliability_diagram(bins: Mapping[str, Mapping], out_path: str,
         ax.scatter((edges[:-1] + width / 2)[filled], conf[filled], c="k", s=10, zorder=3,
                    label="mean confidence")
         ax.plot([0, 1], [0, 1], "--", c="0.4", linewidth=1)
-        ece = float(np.sum(count[filled] / max(count.sum(), 1) * np.abs(acc[filled] - conf[filled])))
+        ece = float(np.sum(count[filled] / max(count.sum(), 1)
+                           * np.abs(acc[filled] - conf[filled])))
         ax.set_title(f"{title}: {name}\nECE {100 * ece:.2f}%", fontsize=9)
         ax.set_xlim(0, 1), ax.set_ylim(0, 1)
         ax.set_xlabel("confidence"), ax.set_ylabel("accuracy")

@@ -30,7 +30,8 @@ def _fmt(x) -> str:
     return str(x)
 
 
-def write_metrics(values: Mapping[str, float], out_dir: str, title: str = "Evaluation") -> tuple[str, str]:
+def write_metrics(values: Mapping[str, float], out_dir: str,
+                  title: str = "Evaluation") -> tuple[str, str]:
     """Write ``metrics.json`` (flat, sorted keys) and ``metrics.md``; return both paths."""
     json_path, md_path = paths.join(out_dir, "metrics.json"), paths.join(out_dir, "metrics.md")
     paths.write_json(json_path, {k: values[k] for k in sorted(values)}, indent=1, allow_nan=True)
@@ -86,7 +87,8 @@ def compare_runs(runs, out_path: str | None = None, title: str = "Runs side by s
         items = list(zip(_run_names([str(r) for r in runs]), runs))
     if not items:
         raise ValueError("compare_runs: no runs given")
-    table = {name: (dict(r) if isinstance(r, Mapping) else load_metrics(str(r))) for name, r in items}
+    table = {name: (dict(r) if isinstance(r, Mapping) else load_metrics(str(r)))
+             for name, r in items}
     keys = list(keys) if keys is not None else sorted({k for m in table.values() for k in m})
     names = list(table)
     lines = [f"# {title}", "", "| metric | better | " + " | ".join(names) + " |",

@@ -317,7 +317,8 @@ def _train(config, workdir, latest, mesh, ckpt, sigterm, lead):
     tx, lr_fn = optim.make_optimizer(config, total)
 
     def fresh_state(p):
-        return train_state.new_state(train_state.init_temperature_param(p, config.loss), tx, int(config.seed))
+        return train_state.new_state(train_state.init_temperature_param(p, config.loss), tx,
+                                     int(config.seed))
 
     if latest is None:
         abstract = jax.eval_shape(fresh_state, params)
@@ -343,8 +344,8 @@ def _train(config, workdir, latest, mesh, ckpt, sigterm, lead):
         objective = local_objective(config.loss, mesh, train_state.batch_axes(mesh))
     else:
         objective = losses.build_objective(config.loss)
-    step_fn = train_state.make_train_step(model, objective, tx, config.loss, total, lr_fn, mesh, shardings,
-                                 embed_chunks=int(config.embed_chunks))
+    step_fn = train_state.make_train_step(model, objective, tx, config.loss, total, lr_fn, mesh,
+                                          shardings, embed_chunks=int(config.embed_chunks))
     scale_fn, _ = train_state.temperature_fns(config.loss, total)
 
     start = int(jax.device_get(state["step"]))

@@ -2,7 +2,7 @@
 
 Deliberately naive (explicit arccos, explicit loops where clearer): these are
 the independent references the library is tested against.
-"""
+"""  # noqa: E501 (the docstring summary is kept on one line)
 import numpy as np
 
 

@@ -51,7 +51,8 @@ def main():
         np.savez(args.out, loss=np.asarray(metrics["loss/total"].addressable_data(0)),
                  **flat_leaves(grads))
     print(f"process {jax.process_index()}/{jax.process_count()}: "
-          f"{jax.device_count()} devices, loss {float(metrics['loss/total'].addressable_data(0)):.6f}")
+          f"{jax.device_count()} devices, "
+          f"loss {float(metrics['loss/total'].addressable_data(0)):.6f}")
 
 
 if __name__ == "__main__":

@@ -147,7 +147,8 @@ def test_transpose_benchmark_smoke(capsys):
     # The timed variants compute what they are named after (float64 NumPy).
     g, x = (np.asarray(a, np.float64) for a in cases["(G + G^T) @ x"][1])
     for name, want in [("G + G^T", g + g.T), ("(G + G^T) @ x", (g + g.T) @ x),
-                       ("G @ x + G^T @ x", (g + g.T) @ x), ("G^T @ x (transposed operand)", g.T @ x)]:
+                       ("G @ x + G^T @ x", (g + g.T) @ x),
+                       ("G^T @ x (transposed operand)", g.T @ x)]:
         fn, args = cases[name]
         np.testing.assert_allclose(np.asarray(fn(*args), np.float64), want, rtol=1e-4, atol=1e-3,
                                    err_msg=name)

@@ -65,7 +65,8 @@ def test_all_suites_tiny_clip_sharded(setup):
     for k in KEYS:
         assert k in values, k
     assert all(math.isfinite(v) for v in values.values())
-    assert values["calibration/scale"] == pytest.approx(float(np.exp(params["logit_scale"])), rel=1e-5)
+    assert values["calibration/scale"] == pytest.approx(float(np.exp(params["logit_scale"])),
+                                                        rel=1e-5)
     for f in ("metrics.json", "metrics.md", "gap_projection.png", "reliability.png", "recall.png"):
         assert os.path.getsize(os.path.join(out, f)) > 0
     # the same numbers on one device: sharding changes nothing but speed
@@ -85,7 +86,8 @@ def test_eval_cli_on_a_model_directory(setup):
         "def get_config():\n"
         "    c = ml_collections.ConfigDict()\n"
         f"    c.data = ml_collections.ConfigDict({{'name': 'demo', 'data_dir': {data_dir!r}}})\n"
-        f"    c.data.demo_config = demo.GmmDemoConfig(name='evale2e', split_sizes={SPLITS!r}, num_workers=1)\n"
+        "    c.data.demo_config = demo.GmmDemoConfig("
+        f"name='evale2e', split_sizes={SPLITS!r}, num_workers=1)\n"
         "    c.eval = eval_lib.default_eval_config()\n"
         "    return c\n")
     out = root / "cli_eval"

@@ -134,8 +134,8 @@ def test_missing_dataset_and_bad_config_are_clear(fake, demo_data, tmp_path):
     with pytest.raises(eval_lib.EvalError, match="unknown suite"):
         eval_lib.evaluate(model, params, tok, _config(*demo_data, suites="retrieval,speed"),
                           str(tmp_path))
-    simat = _config(*demo_data, suites="arithmetic", **{"arithmetic.source": "simat",
-                                                        "arithmetic.simat_dir": str(tmp_path / "x")})
+    simat = _config(*demo_data, suites="arithmetic",
+                    **{"arithmetic.source": "simat", "arithmetic.simat_dir": str(tmp_path / "x")})
     with pytest.raises(eval_lib.EvalError, match="SIMAT"):
         eval_lib.evaluate(model, params, tok, simat, str(tmp_path))
 
@@ -158,7 +158,8 @@ def test_a_new_suite_plugs_in_without_driver_changes(fake, demo_data, tmp_path, 
             data = ctx.retrieval()
             seen["same_embeddings"] = data is ctx.retrieval(ctx.ecfg.retrieval.split)
             cos = np.sum(data.image[data.t2i] * data.text, axis=1)
-            return evaluators.Result({"mean_cosine_test/value": float(np.mean(cos) ** self.cfg.power)})
+            return evaluators.Result(
+                {"mean_cosine_test/value": float(np.mean(cos) ** self.cfg.power)})
 
     model, params, tok = fake
     config = _config(*demo_data, suites="geometry,mean_cosine_test")

@@ -63,7 +63,8 @@ def test_figures_written(tmp_path):
     assert _is_png(p)
     conf = rng.uniform(size=200)
     ok = rng.uniform(size=200) < conf
-    bins = {"i2t": metrics.reliability_bins(conf, ok), "t2i": metrics.reliability_bins(conf[:5], ok[:5])}
+    bins = {"i2t": metrics.reliability_bins(conf, ok),
+            "t2i": metrics.reliability_bins(conf[:5], ok[:5])}
     assert _is_png(figures.reliability_diagram(bins, str(tmp_path / "rel.png")))
     vals = eval_suites.retrieval_suite(v, t, np.arange(60))
     assert _is_png(figures.recall_chart(vals, str(tmp_path / "rk.png")))
@@ -99,9 +100,12 @@ def test_simat_reader(tmp_path):
     (d / "images" / "all").mkdir(parents=True)
     region_ids = [507, 12, 90]  # dataset ids 0, 1, 2
     for i, rid in enumerate(region_ids):
-        Image.fromarray(np.full((20, 30, 3), 40 * i, np.uint8)).save(d / "images" / "all" / f"{rid}.png")
-    _write_csv(d / "triplets.csv", ["", "dataset_id"], [[rid, i] for i, rid in enumerate(region_ids)])
-    _write_csv(d / "transfos.csv", ["", "region_id", "value", "target", "is_test", "norm2", "target_ids"],
+        Image.fromarray(np.full((20, 30, 3), 40 * i, np.uint8)).save(
+            d / "images" / "all" / f"{rid}.png")
+    _write_csv(d / "triplets.csv", ["", "dataset_id"],
+               [[rid, i] for i, rid in enumerate(region_ids)])
+    _write_csv(d / "transfos.csv",
+               ["", "region_id", "value", "target", "is_test", "norm2", "target_ids"],
                [[0, 12, "dog", "cat", "True", 2.0, 1], [1, 90, "red", "blue", "False", 1.0, 0],
                 [2, 507, "man", "woman", "True", 4.0, 0]])
     np.save(d / "oscar_similarity_matrix.npy", np.eye(3, 2))

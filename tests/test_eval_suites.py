@@ -48,7 +48,8 @@ def test_geometry_suite_brute_force():
     v, t = _rand(40, 6, 3), _rand(40, 6, 4)
     out = eval_suites.geometry_suite(v, t)
     v64, t64 = _unit64(v), _unit64(t)
-    assert out["gap/centroid_distance"] == pytest.approx(np.linalg.norm(v64.mean(0) - t64.mean(0)), rel=1e-5)
+    assert out["gap/centroid_distance"] == pytest.approx(
+        np.linalg.norm(v64.mean(0) - t64.mean(0)), rel=1e-5)
     assert out["gap/mean_positive_cosine"] == pytest.approx(np.mean(np.sum(v64 * t64, 1)), rel=1e-5)
     x = np.concatenate([v64, t64])
     d2 = ((x[:, None] - x[None]) ** 2).sum(-1)

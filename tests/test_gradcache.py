@@ -112,8 +112,8 @@ def _run(case, chunks, n_devices, impl="global"):
         objective = local_objective(cfg, mesh, train_state.batch_axes(mesh))
     else:
         objective = losses.build_objective(cfg)
-    step = train_state.make_train_step(model, objective, tx, cfg, 10, lambda s: 1.0, mesh, shardings,
-                              embed_chunks=chunks)
+    step = train_state.make_train_step(model, objective, tx, cfg, 10, lambda s: 1.0, mesh,
+                                       shardings, embed_chunks=chunks)
     data = train_state.batch_sharding(mesh)
     images, tokens = batch_arrays()
     step = step.lower(state, {"image": jax.device_put(images, data),

@@ -61,7 +61,8 @@ def test_gmm_train_and_gmm_eval_from_the_installed_wheel(venv):
     root, bin_dir = venv
     work = root / "elsewhere"
     work.mkdir()
-    where = subprocess.run([str(bin_dir / "python"), "-c", "import gmm_jax; print(gmm_jax.__file__)"],
+    where = subprocess.run([str(bin_dir / "python"), "-c",
+                            "import gmm_jax; print(gmm_jax.__file__)"],
                            cwd=work, env=_env(), capture_output=True, text=True, timeout=120)
     assert str(root / "venv") in where.stdout, where.stdout + where.stderr  # not the checkout
     data_dir, run = str(root / "data"), str(root / "run")

@@ -59,7 +59,8 @@ def test_mix_losses(name, n, d, lam):
     v, t, rng = _inputs(n, d, 7 * n + d)
     lam = _lam(lam, rng)
     scale = 1 / 0.07
-    got = getattr(losses, name)(jnp.asarray(v, jnp.float32), jnp.asarray(t, jnp.float32), lam, scale)
+    got = getattr(losses, name)(jnp.asarray(v, jnp.float32), jnp.asarray(t, jnp.float32), lam,
+                                scale)
     _close(got, getattr(ref, name)(v, t, lam, scale))
 
 
@@ -115,13 +116,15 @@ def test_jit_and_grad(name):
     """jit works, and the gradient matches float64 central differences of the NumPy reference."""
     v, t, rng = _inputs(6, 5, 11)
     fn = _on_sphere(ALL_LOSSES[name], jnp)
-    g = jax.jit(jax.grad(fn, argnums=(0, 1)))(jnp.asarray(v, jnp.float32), jnp.asarray(t, jnp.float32))
+    g = jax.jit(jax.grad(fn, argnums=(0, 1)))(jnp.asarray(v, jnp.float32),
+                                              jnp.asarray(t, jnp.float32))
     assert all(np.all(np.isfinite(x)) for x in g)
     ref_fn = _on_sphere(REFERENCE_LOSSES[name], np)
     dv, dt = rng.standard_normal(v.shape), rng.standard_normal(t.shape)
     eps = 1e-6
     numeric = (ref_fn(v + eps * dv, t + eps * dt) - ref_fn(v - eps * dv, t - eps * dt)) / (2 * eps)
-    analytic = float(np.sum(np.asarray(g[0], np.float64) * dv) + np.sum(np.asarray(g[1], np.float64) * dt))
+    analytic = float(np.sum(np.asarray(g[0], np.float64) * dv)
+                     + np.sum(np.asarray(g[1], np.float64) * dt))
     np.testing.assert_allclose(analytic, numeric, rtol=1e-3, atol=1e-4)
 
 
@@ -149,7 +152,8 @@ def test_hard_swap():
     v0, t0 = losses.modality_swap_hard(v32, t32, jax.random.key(0), 0.0)
     np.testing.assert_array_equal(v0, v32)
     np.testing.assert_array_equal(t0, t32)
-    v1, t1 = (np.asarray(x, np.float64) for x in losses.modality_swap_hard(v32, t32, jax.random.key(0), 0.5))
+    v1, t1 = (np.asarray(x, np.float64)
+              for x in losses.modality_swap_hard(v32, t32, jax.random.key(0), 0.5))
     from_t = v1 < 0
     chosen = np.any(from_t, axis=1)
     assert 0.4 < chosen.mean() < 0.6  # pairs chosen with probability p
@@ -172,14 +176,17 @@ def test_soft_swap_probability_and_convexity():
 def test_temperature_parameterisations(mode):
     for scale in (1.0, 14.28, 100.0):
         param = losses.param_from_scale(mode, scale, s=4.0)
-        np.testing.assert_allclose(float(losses.scale_from_param(mode, param, s=4.0)), scale, rtol=1e-5)
-    want = {"learned": math.exp(0.7), "softplus": math.log1p(math.exp(0.7)), "exp": math.exp(0.7 / 4)}[mode]
+        np.testing.assert_allclose(float(losses.scale_from_param(mode, param, s=4.0)), scale,
+                                   rtol=1e-5)
+    want = {"learned": math.exp(0.7), "softplus": math.log1p(math.exp(0.7)),
+            "exp": math.exp(0.7 / 4)}[mode]
     np.testing.assert_allclose(float(losses.scale_from_param(mode, 0.7, s=4.0)), want, rtol=1e-6)
 
 
 def test_tau_schedule():
     sched = losses.tau_schedule(0.01, 0.05, 100)
-    np.testing.assert_allclose([float(sched(s)) for s in (0, 50, 100, 200)], [0.01, 0.03, 0.05, 0.05], rtol=1e-6)
+    np.testing.assert_allclose([float(sched(s)) for s in (0, 50, 100, 200)],
+                               [0.01, 0.03, 0.05, 0.05], rtol=1e-6)
 
 
 # --- the recipe builder ----------------------------------------------------

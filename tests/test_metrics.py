@@ -23,7 +23,8 @@ def _brute_recall(img, txt, owner, ks):
         order = list(np.argsort(-sims[:, j], kind="stable"))
         for k in ks:
             t2i[k] += order.index(owner[j]) < k
-    return {"i2t": {k: 100 * i2t[k] / len(img) for k in ks}, "t2i": {k: 100 * t2i[k] / len(txt) for k in ks}}
+    return {"i2t": {k: 100 * i2t[k] / len(img) for k in ks},
+            "t2i": {k: 100 * t2i[k] / len(txt) for k in ks}}
 
 
 @pytest.mark.parametrize("n_img,caps,d", [(2, 1, 4), (13, 5, 8), (150, 5, 32), (40, 3, 512)])
@@ -82,9 +83,12 @@ def test_geometry_metrics(n, d):
     t = rng.standard_normal((n, d)) - 0.5
     vu = v / np.linalg.norm(v, axis=1, keepdims=True)
     tu = t / np.linalg.norm(t, axis=1, keepdims=True)
-    assert metrics.modality_gap(v, t) == pytest.approx(np.linalg.norm(vu.mean(0) - tu.mean(0)), rel=1e-5)
-    assert metrics.mean_positive_cosine(v, t) == pytest.approx(np.mean([vu[i] @ tu[i] for i in range(n)]), rel=1e-5, abs=1e-7)
-    rel = np.mean([np.sum((tu[i] - vu[i]) ** 2) - min(np.sum((tu[i] - vu[j]) ** 2) for j in range(n) if j != i)
+    assert metrics.modality_gap(v, t) == pytest.approx(np.linalg.norm(vu.mean(0) - tu.mean(0)),
+                                                       rel=1e-5)
+    assert metrics.mean_positive_cosine(v, t) == pytest.approx(
+        np.mean([vu[i] @ tu[i] for i in range(n)]), rel=1e-5, abs=1e-7)
+    rel = np.mean([np.sum((tu[i] - vu[i]) ** 2)
+                   - min(np.sum((tu[i] - vu[j]) ** 2) for j in range(n) if j != i)
                    for i in range(n)])
     assert metrics.relative_alignment(v, t) == pytest.approx(rel, rel=1e-5, abs=1e-6)
     both = np.concatenate([vu, tu])
@@ -98,7 +102,8 @@ def test_relative_alignment_chunked(monkeypatch):
     want = metrics.relative_alignment(v, t)
     monkeypatch.setattr(metrics, "CHUNK", 7)
     assert metrics.relative_alignment(v, t) == pytest.approx(want, rel=1e-6)
-    assert metrics.uniformity(v) == pytest.approx(ref.uniformity(v / np.linalg.norm(v, axis=1, keepdims=True)), rel=1e-5)
+    assert metrics.uniformity(v) == pytest.approx(
+        ref.uniformity(v / np.linalg.norm(v, axis=1, keepdims=True)), rel=1e-5)
 
 
 def test_linear_separability():
@@ -106,7 +111,8 @@ def test_linear_separability():
     same = [rng.standard_normal((300, 16)) for _ in range(2)]
     assert 0.35 < metrics.linear_separability(*same) < 0.65
     shifted = rng.standard_normal((300, 16)) * 0.1 + np.eye(16)[0]
-    assert metrics.linear_separability(shifted, rng.standard_normal((300, 16)) * 0.1 - np.eye(16)[0]) == 1.0
+    assert metrics.linear_separability(
+        shifted, rng.standard_normal((300, 16)) * 0.1 - np.eye(16)[0]) == 1.0
     assert metrics.linear_separability(*same, seed=0) == metrics.linear_separability(*same, seed=0)
 
 
@@ -119,7 +125,8 @@ def _brute_ece(logits, labels, n_bins):
         lo, hi = b / n_bins, (b + 1) / n_bins
         in_bin = (conf > lo) & (conf <= hi) if b else (conf >= lo) & (conf <= hi)
         if in_bin.any():
-            ece += in_bin.mean() * abs((pred[in_bin] == labels[in_bin]).mean() - conf[in_bin].mean())
+            ece += in_bin.mean() * abs((pred[in_bin] == labels[in_bin]).mean()
+                                       - conf[in_bin].mean())
     return ece
 
 
@@ -150,10 +157,12 @@ def test_retrieval_confidences():
     iu = img / np.linalg.norm(img, axis=1, keepdims=True)
     tu = txt / np.linalg.norm(txt, axis=1, keepdims=True)
     s = 20.0 * iu @ tu.T
-    p = np.exp(s - s.max(1, keepdims=True)); p /= p.sum(1, keepdims=True)
+    p = np.exp(s - s.max(1, keepdims=True))
+    p /= p.sum(1, keepdims=True)
     np.testing.assert_allclose(out["i2t"][0], p.max(1), rtol=1e-5)
     np.testing.assert_array_equal(out["i2t"][1], owner[p.argmax(1)] == np.arange(12))
-    q = np.exp(s.T - s.T.max(1, keepdims=True)); q /= q.sum(1, keepdims=True)
+    q = np.exp(s.T - s.T.max(1, keepdims=True))
+    q /= q.sum(1, keepdims=True)
     np.testing.assert_array_equal(out["t2i"][1], q.argmax(1) == owner)
 
 

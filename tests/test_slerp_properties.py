@@ -20,7 +20,8 @@ def _unit_rows(x):
 
 
 pairs = st.integers(2, 24).flatmap(lambda d: st.tuples(
-    hnp.arrays(np.float32, (3, d), elements=FLOATS), hnp.arrays(np.float32, (3, d), elements=FLOATS)))
+    hnp.arrays(np.float32, (3, d), elements=FLOATS),
+    hnp.arrays(np.float32, (3, d), elements=FLOATS)))
 
 
 def _valid(a, b):
@@ -67,11 +68,13 @@ def test_degenerate_pairs_finite_with_finite_gradients(dtype, kind, lam):
     assert out.dtype == dtype
     out32 = np.asarray(out, np.float32)
     assert np.all(np.isfinite(out32))
-    np.testing.assert_allclose(np.linalg.norm(out32, axis=1), 1.0, atol=2e-2 if dtype == jnp.bfloat16 else 1e-5)
+    np.testing.assert_allclose(np.linalg.norm(out32, axis=1), 1.0,
+                               atol=2e-2 if dtype == jnp.bfloat16 else 1e-5)
     # Gradients with respect to both endpoints and lam.
     loss = lambda a, b, lam: jnp.sum(slerp(a, b, lam).astype(jnp.float32) * jnp.arange(16.0))
     grads = jax.grad(loss, argnums=(0, 1, 2))(a, b, jnp.asarray(lam, jnp.float32))
     for g in grads:
         assert np.all(np.isfinite(np.asarray(g, np.float32)))
     if kind in ("identical", "nearly_identical"):
-        np.testing.assert_allclose(out32, np.asarray(a, np.float32), atol=2e-2 if dtype == jnp.bfloat16 else 1e-5)
+        np.testing.assert_allclose(out32, np.asarray(a, np.float32),
+                                   atol=2e-2 if dtype == jnp.bfloat16 else 1e-5)

@@ -137,7 +137,8 @@ def test_parity_with_hf_on_cleaned_text(tok, hf_tok, captions, openai_ref):
 
 def test_parity_with_hf_on_raw_text(tok, hf_tok, captions, openai_ref):
     """Where OpenAI's clean-up does nothing beyond NFC, HF sees the raw text."""
-    raw = [c for c in captions if openai_ref.basic_clean(c) == unicodedata.normalize("NFC", c).strip()]
+    raw = [c for c in captions
+           if openai_ref.basic_clean(c) == unicodedata.normalize("NFC", c).strip()]
     assert len(raw) >= 600
     raw += ["<|startoftext|>a photo<|endoftext|>", "A <|endoftext|> inside"]
     hf_ids = hf_tok(raw, add_special_tokens=False)["input_ids"]
@@ -236,7 +237,8 @@ def _naive_bpe_train(texts, vocab_size):
 
 def test_train_matches_brute_force():
     rng = random.Random(1)
-    corpus = [" ".join(rng.choice(WORDS[:30]) for _ in range(rng.randint(2, 9))) for _ in range(150)]
+    corpus = [" ".join(rng.choice(WORDS[:30]) for _ in range(rng.randint(2, 9)))
+              for _ in range(150)]
     corpus += ["".join(rng.choice("abcde") for _ in range(rng.randint(1, 7))) for _ in range(40)]
     want = _naive_bpe_train(corpus, 514 + 120)
     assert len(want) == 120 and Tokenizer.train(corpus, vocab_size=514 + 120).merges == want

@@ -11,9 +11,10 @@ from gmm_jax.configs import coco, flickr30k
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
+TINY_CONFIG = os.path.join(ROOT, "configs", "tiny.py")
 
 
-def _run(*flags, config=os.path.join(ROOT, "configs", "tiny.py"), cwd=None, env=None):
+def _run(*flags, config=TINY_CONFIG, cwd=None, env=None):
     extra, env = env or {}, dict(os.environ)
     env.pop("GMM_TRACEBACK", None)
     env.update(extra, PYTHONPATH=ROOT + os.pathsep + env.get("PYTHONPATH", ""))

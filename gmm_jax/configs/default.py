@@ -4,7 +4,7 @@
 
 Defaults are the reference's (ViT-B/32 fine-tuning, batch 128, 9 epochs, lr 1e-5,
 wd 0.2, fixed tau = 0.01, m2mix weights) unless a comment says otherwise.
-"""
+"""  # noqa: E501 (the docstring summary is kept on one line)
 import math
 
 import ml_collections
@@ -82,7 +82,8 @@ def get_config() -> ml_collections.ConfigDict:
 
     config.data = ml_collections.ConfigDict()
     config.data.name = "coco"      # coco | flickr30k | image_text_files | demo | class_captions
-    config.data.data_dir = config_dict.placeholder(str)      # TFDS data dir (None = ~/tensorflow_datasets)
+    # TFDS data dir (None = ~/tensorflow_datasets)
+    config.data.data_dir = config_dict.placeholder(str)
     config.data.manual_dir = config_dict.placeholder(str)
     config.data.files_path = config_dict.placeholder(str)
     config.data.images_dir = config_dict.placeholder(str)

@@ -14,7 +14,7 @@ The top level of this config is the fine-tuning setting shared by every run (and
 ``python eval.py --config=configs/demo.py --workdir=WORKDIR/ft`` evaluates with); the
 ``demo`` section holds the flow's own knobs. Without a ``demo`` section train.py trains
 one ordinary run.
-"""
+"""  # noqa: E501 (the command line above is kept whole)
 from gmm_jax.configs import default
 
 # The model (from scratch) is the "demo" preset made cheaper for a 2-core CPU: 32 px

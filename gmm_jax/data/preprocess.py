@@ -4,7 +4,7 @@ All functions take one image ``uint8 (H, W, 3)`` (or its encoded bytes) and retu
 ``float32 (S, S, 3)`` normalised with CLIP's mean/std. They run inside ``tf.data`` maps,
 so they use TF ops only; random ops are *stateless* (explicit seeds) so that a parallel
 map gives the same result for the same (seed, epoch, index) whatever the thread order.
-"""
+"""  # noqa: E501 (the docstring summary is kept on one line)
 from __future__ import annotations
 
 import tensorflow as tf

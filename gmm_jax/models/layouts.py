@@ -78,7 +78,8 @@ def check_state_dict(sd, expected: dict[str, tuple], ignored: Iterable[str] = ()
         for title, items in (("missing tensors", missing), ("unexpected tensors", unexpected),
                              ("mis-shaped tensors", misshaped)):
             if items:
-                shown = items[:40] + ([f"... and {len(items) - 40} more"] if len(items) > 40 else [])
+                shown = items[:40] + (
+                    [f"... and {len(items) - 40} more"] if len(items) > 40 else [])
                 parts.append(f"  {title} ({len(items)}): " + ", ".join(shown))
         raise ValueError("\n".join(parts))
 
@@ -123,7 +124,8 @@ def _flax_path(name: str, value: np.ndarray) -> tuple[tuple[str, ...], np.ndarra
             return tuple(head + ["scale"]), value
         if head[-1] == "token_embedding":
             return tuple(head + ["embedding"]), value
-        return tuple(head + ["kernel"]), (value.transpose(2, 3, 1, 0) if value.ndim == 4 else value.T)
+        return tuple(head + ["kernel"]), (value.transpose(2, 3, 1, 0) if value.ndim == 4
+                                          else value.T)
     return tuple(path), value
 
 
@@ -165,7 +167,8 @@ def _hf_table(cfg: CLIPConfig) -> list[tuple[str, tuple[str, ...], str]]:
         t += [(f"ln_final.{wb}", (f"text_model.final_layer_norm.{wb}",), "copy"),
               (f"visual.ln_pre.{wb}", (f"vision_model.pre_layrnorm.{wb}",), "copy"),
               (f"visual.ln_post.{wb}", (f"vision_model.post_layernorm.{wb}",), "copy")]
-    for ours, hf, layers in (("transformer.resblocks", "text_model.encoder.layers", cfg.text_layers),
+    for ours, hf, layers in (("transformer.resblocks", "text_model.encoder.layers",
+                              cfg.text_layers),
                              ("visual.transformer.resblocks", "vision_model.encoder.layers",
                               cfg.vision_layers)):
         for i in range(layers):
