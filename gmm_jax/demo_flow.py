@@ -41,7 +41,7 @@ RECIPES = {
     "ft": {"method": "clip"},
     "m2mix": {"method": "m2mix"},
     "m2mix_c05": {"method": "m2mix", "c_m2": 0.05},  # the largest c_m2 of the paper's sweep
-    "m3mix": {"method": "m3mix", "beta_m2": 0.2},  # the reference's m3mix beta for m2mix
+    "m3mix": {"method": "m3mix"},  # beta_m2 defaults to the reference's m3mix value, 0.2
     "cua": {"method": "cua"},
     "ft_tsched": {"method": "clip", "temperature": "schedule"},
     "m2mix_tsched": {"method": "m2mix", "temperature": "schedule"},

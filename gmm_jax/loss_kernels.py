@@ -248,16 +248,19 @@ def clip_term(blocks: Blocks, vt: Block, tv: Block, pos, scale) -> jax.Array:
 
 
 def m2mix_term(blocks: Blocks, vt: Block, tv: Block, gram_v, gram_t, pos, alpha, beta,
-               scale, halve: bool = False) -> jax.Array:
-    """m2-Mix: ``CE(scale A) + CE(scale B)`` (``/2`` with ``halve``), ``A = v @ M.T``,
-    ``B = t @ M.T`` with the positives on the diagonal. ``gram_v``/``gram_t``: held rows
-    of ``v @ v.T`` / ``t @ t.T``; ``alpha``/``beta`` from ``m2mix_weights``."""
-    a = with_positives(Block(mixed_logits(gram_v, vt.values, alpha, beta, vt.axis), vt.axis),
-                       pos, blocks.diag)
-    b = with_positives(Block(mixed_logits(tv.values, gram_t, alpha, beta, tv.axis), tv.axis),
-                       pos, blocks.diag)
-    sums = ce_sum(scale * a.values, scale * pos, a.axis) + ce_sum(
-        scale * b.values, scale * pos, b.axis)
+               scale, pos_scale=None, halve: bool = False) -> jax.Array:
+    """m2-Mix: ``CE(A) + CE(B)`` (``/2`` with ``halve``), ``A = v @ M.T``, ``B = t @ M.T``
+    with the positives on the diagonal. The mixed negatives are multiplied by ``scale``,
+    the positives by ``pos_scale`` (``None``: ``scale`` too; the OpenCLIP form keeps the
+    contrastive scale there). ``gram_v``/``gram_t``: held rows of ``v @ v.T`` /
+    ``t @ t.T``; ``alpha``/``beta`` from ``m2mix_weights``."""
+    pos_scale = scale if pos_scale is None else pos_scale
+    pos = pos_scale * pos
+    a = with_positives(Block(scale * mixed_logits(gram_v, vt.values, alpha, beta, vt.axis),
+                             vt.axis), pos, blocks.diag)
+    b = with_positives(Block(scale * mixed_logits(tv.values, gram_t, alpha, beta, tv.axis),
+                             tv.axis), pos, blocks.diag)
+    sums = ce_sum(a.values, pos, a.axis) + ce_sum(b.values, pos, b.axis)
     return blocks.total(sums) / (2 * blocks.n if halve else blocks.n)
 
 

@@ -18,6 +18,10 @@ SWAPS = ("none", "hard", "soft")
 # Contrastive temperature modes; the trained ones keep a parameter in params["logit_scale"].
 TRAINED_TEMPERATURES = ("learned", "softplus", "exp")
 TEMPERATURES = ("learned", "fixed", "schedule", "softplus", "exp")
+# The authors' m2-Mix Beta parameter per recipe (their m3-Mix script uses 0.2), used when
+# config.loss.beta_m2 is None; an explicit value always wins.
+BETA_M2_DEFAULTS = {"m3mix": 0.2}
+BETA_M2_DEFAULT = 0.5
 
 _CHOICES = {"method": METHODS, "mix_schedule": MIX_SCHEDULES, "mix_form": MIX_FORMS,
             "swap": SWAPS, "temperature": TEMPERATURES}
@@ -37,15 +41,15 @@ class LossSpec:
 
     The objective fields: ``method`` (recipe), ``mix_schedule`` / ``mix_form`` (how the
     mix terms are weighted and formed), the m2-Mix / m3-Mix weights ``c_*`` and Beta
-    parameters ``beta_*``, ``m2_scale`` (the m2-Mix logit scale; ``None`` = the
-    contrastive one), the uniformity/alignment weights and exponents, and modality
+    parameters ``beta_*`` (``beta_m2=None``: the recipe's default, ``BETA_M2_DEFAULTS``),
+    ``m2_scale`` (the m2-Mix logit scale; ``None`` = the contrastive one), the uniformity/alignment weights and exponents, and modality
     swapping (``swap``, ``swap_p``). The temperature fields are read by the train state.
     """
     method: str = "clip"
     mix_schedule: str = "inverse_epoch"
     mix_form: str = "reference"
     c_m2: float = 0.01
-    beta_m2: float = 0.5
+    beta_m2: Optional[float] = None
     m2_scale: Optional[float] = 1 / 0.07
     c_u: float = 0.05
     beta_u: float = 0.5
@@ -71,6 +75,9 @@ class LossSpec:
             if getattr(self, key) not in choices:
                 raise ValueError(f"config.loss.{key}={getattr(self, key)!r}: "
                                  f"expected one of {choices}")
+        if self.beta_m2 is None:  # resolved once, so every reader sees the number
+            object.__setattr__(self, "beta_m2",
+                               BETA_M2_DEFAULTS.get(self.method, BETA_M2_DEFAULT))
         if not 0.0 <= self.swap_p <= 1.0:
             raise ValueError(f"config.loss.swap_p={self.swap_p}: expected a probability "
                              "in [0, 1]")
@@ -102,7 +109,7 @@ class LossSpec:
             value = config_get(cfg, f.name, f.default)
             if isinstance(f.default, str):
                 values[f.name] = value  # checked against its choices in __post_init__
-            elif value is None and f.name == "m2_scale":
+            elif value is None and f.name in ("m2_scale", "beta_m2"):
                 values[f.name] = None
             else:
                 try:

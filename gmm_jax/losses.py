@@ -92,11 +92,12 @@ def _pairs(blocks: Blocks, v_rows, t_rows, v, t):
     return vt, tv, kernels.rowdot(v_rows, t_rows)
 
 
-def _m2mix(blocks: Blocks, v_rows, t_rows, v, t, pairs, lam, scale, halve=False):
+def _m2mix(blocks: Blocks, v_rows, t_rows, v, t, pairs, lam, scale, pos_scale=None,
+           halve=False):
     vt, tv, pos = pairs
     alpha, beta = kernels.m2mix_weights(v, t, lam)
     return kernels.m2mix_term(blocks, vt, tv, blocks.gram(v_rows, v), blocks.gram(t_rows, t),
-                              pos, alpha, beta, scale, halve)
+                              pos, alpha, beta, scale, pos_scale, halve)
 
 
 def _flip_mix(blocks: Blocks, x, lam):
@@ -521,11 +522,12 @@ def recipe(spec: LossSpec, blocks: Blocks, v, t, scale, key, epoch):
     if spec.mixes:
         w_e = mix_weight(spec.mix_schedule, epoch)
         lam_m2 = jax.random.beta(k_m2, spec.beta_m2, spec.beta_m2)
+        s2 = scale if spec.m2_scale is None else jnp.asarray(spec.m2_scale, F32)
         if spec.mix_form == "reference":
-            s2 = scale if spec.m2_scale is None else jnp.asarray(spec.m2_scale, F32)
             m2 = _m2mix(blocks, v_rows, t_rows, v, t, pairs, lam_m2, s2)
-        else:  # the authors' OpenCLIP variant: a mean, at the contrastive scale
-            m2 = _m2mix(blocks, v_rows, t_rows, v, t, pairs, lam_m2, scale, halve=True)
+        else:  # the authors' OpenCLIP variant: a mean; positives at the contrastive scale
+            m2 = _m2mix(blocks, v_rows, t_rows, v, t, pairs, lam_m2, s2, pos_scale=scale,
+                        halve=True)
         mix = spec.c_m2 * m2
         aux.update(m2mix=m2, lam_m2=lam_m2, mix_weight=w_e)
         if spec.method == "m3mix":
@@ -572,8 +574,9 @@ def build_objective(cfg) -> Objective:
     - ``cua``:   clip_loss + w_uniformity (U(v) + U(t))/2 + w_alignment A(v, t)
     - ``cuaxu``: cua + w_cross_uniformity XU(v, t)
     ``w_e = 1/(epoch+1)`` with ``mix_schedule="inverse_epoch"``. With
-    ``mix_form="openclip"`` the m2mix term is ``(CE_A + CE_B)/2`` at the
-    contrastive scale (the authors' OpenCLIP variant). ``swap`` (``hard`` /
+    ``mix_form="openclip"`` the m2mix term is ``(CE_A + CE_B)/2`` with the mixed
+    negatives at ``m2_scale`` and the positives at the contrastive scale (the authors'
+    OpenCLIP variant). ``swap`` (``hard`` /
     ``soft``, probability ``swap_p``) is applied to the embeddings first.
     The config is validated once, by ``LossSpec.from_config``.
     """

@@ -50,6 +50,17 @@ def m2mix_loss(v, t, lam, scale):
     return ce_row(scale * a) + ce_row(scale * b)
 
 
+def m2mix_loss_openclip(v, t, lam, scale, m2_scale):
+    """The authors' README (OpenCLIP) form: mixed negatives at ``m2_scale``, the
+    positives at the contrastive ``scale``, the mean of the two cross-entropies."""
+    m = slerp(v, t, lam)
+    pos = scale * np.sum(v * t, axis=1)
+    a, b = m2_scale * (v @ m.T), m2_scale * (t @ m.T)
+    np.fill_diagonal(a, pos)
+    np.fill_diagonal(b, pos)
+    return (ce_row(a) + ce_row(b)) / 2
+
+
 def soft_ce(logits, targets):
     return -np.mean(np.sum(targets * log_softmax(logits, 1), axis=1))
 

@@ -233,11 +233,18 @@ def test_recipe_is_the_documented_sum(method, epoch):
 def test_recipe_constant_schedule_and_openclip_form():
     v, t, _ = _inputs(10, 8, 9)
     key = jax.random.key(3)
-    obj = losses.build_objective(_cfg(method="m2mix", mix_schedule="constant", mix_form="openclip"))
-    total, _ = obj(jnp.asarray(v, jnp.float32), jnp.asarray(t, jnp.float32), 20.0, key, 5)
     lam = _beta_draw(key, 1, 0.5)
-    want = ref.clip_loss(v, t, 20.0) + 0.01 * ref.m2mix_loss(v, t, lam, 20.0) / 2
-    np.testing.assert_allclose(float(total), want, rtol=1e-5)
+    for m2_scale, neg_scale in ((None, 20.0), (1 / 0.07, 1 / 0.07)):
+        obj = losses.build_objective(_cfg(method="m2mix", mix_schedule="constant",
+                                          mix_form="openclip", m2_scale=m2_scale))
+        total, aux = obj(jnp.asarray(v, jnp.float32), jnp.asarray(t, jnp.float32), 20.0, key, 5)
+        want = ref.m2mix_loss_openclip(v, t, lam, 20.0, neg_scale)
+        np.testing.assert_allclose(float(aux["m2mix"]), want, rtol=1e-5)
+        np.testing.assert_allclose(float(total), ref.clip_loss(v, t, 20.0) + 0.01 * want,
+                                   rtol=1e-5)
+    # with one scale the form is half the reference term
+    np.testing.assert_allclose(ref.m2mix_loss_openclip(v, t, lam, 20.0, 20.0),
+                               ref.m2mix_loss(v, t, lam, 20.0) / 2, rtol=1e-12)
 
 
 def test_recipe_rejects_unknown_method():
@@ -266,6 +273,22 @@ def test_loss_spec_defaults_are_the_packaged_config():
     assert LossSpec.from_config(config_loss) == LossSpec()
     assert LossSpec.from_config({}) == LossSpec()
     assert sorted(config_loss) == sorted(f.name for f in dataclasses.fields(LossSpec))
+
+
+@pytest.mark.parametrize("method,given,want", [("m2mix", None, 0.5), ("m3mix", None, 0.2),
+                                              ("clip", None, 0.5), ("m3mix", 0.7, 0.7),
+                                              ("m2mix", 0.2, 0.2)])
+def test_beta_m2_default_is_per_method_and_explicit_wins(method, given, want):
+    from gmm_jax.loss_spec import LossSpec
+    spec = LossSpec.from_config({"method": method, "beta_m2": given})
+    assert spec.beta_m2 == want
+    # the draw the objective makes is Beta(want, want) with the recipe's key
+    v, t, _ = _inputs(6, 8, 4)
+    key = jax.random.key(11)
+    _, aux = losses.build_objective(_cfg(method=method, beta_m2=given))(
+        jnp.asarray(v, jnp.float32), jnp.asarray(t, jnp.float32), 10.0, key, 0)
+    if method != "clip":
+        assert float(aux["lam_m2"]) == pytest.approx(_beta_draw(key, 1, want), rel=1e-6)
 
 
 @pytest.mark.parametrize("key,value,match", [

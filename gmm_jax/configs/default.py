@@ -32,7 +32,8 @@ def _loss() -> ml_collections.ConfigDict:
     c.mix_schedule = "inverse_epoch"  # | "constant": w_e multiplying the mix terms
     c.mix_form = "reference"       # | "openclip" (the authors' OpenCLIP variant)
     c.c_m2 = 0.01                  # m2mix weight
-    c.beta_m2 = 0.5                # lam ~ Beta(beta_m2, beta_m2)
+    # lam ~ Beta(beta_m2, beta_m2); None = the authors' per-method value (m3mix 0.2, else 0.5)
+    c.beta_m2 = config_dict.placeholder(float)
     c.m2_scale = 1 / 0.07          # m2mix logit scale (separate from the contrastive one)
     c.c_u = 0.05                   # m3mix: vmix / lmix weight
     c.beta_u = 0.5
