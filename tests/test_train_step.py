@@ -15,7 +15,7 @@ import pytest
 
 from gmm_jax import losses, train_state
 from gmm_jax.distributed_loss import local_objective
-from tests.train_step_setup import assert_grads_close, loss_config, run_step
+from tests.train_step_setup import assert_grads_close, loss_config, make_step, run_step
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -40,6 +40,21 @@ def test_eight_devices_equal_one_device():
     _assert_same(one, run_step("m2mix", "global", jax.devices()), "8 devices vs 1")
     # The gradient is not trivially zero (the comparison means something).
     assert max(float(np.max(np.abs(g))) for g in one[1].values()) > 1e-4
+
+
+def test_fsdp_mesh_equals_one_device(monkeypatch):
+    """A ("data", "fsdp") = (2, 4) mesh: the parameters are split over ``fsdp`` (every
+    array with a dimension divisible by 4, not only the large ones), the batch over all
+    8 devices, and one step gives the one-device loss and gradients."""
+    monkeypatch.setattr(train_state, "_FSDP_MIN_SIZE", 1)
+    mesh_kw = {"axes": ("data", "fsdp"), "shape": (2, 4)}
+    _, state, _, data_sharding = make_step("m2mix", "global", jax.devices(), **mesh_kw)
+    specs = [leaf.sharding.spec for leaf in jax.tree.leaves(state["params"])]
+    split = [s for s in specs if "fsdp" in tuple(s)]
+    assert len(split) >= len(specs) // 2, specs
+    assert tuple(data_sharding.spec) == (("data", "fsdp"),)
+    _assert_same(_one_device("m2mix"), run_step("m2mix", "global", jax.devices(), **mesh_kw),
+                 "fsdp (2, 4) vs 1 device")
 
 
 def test_local_loss_step_equals_global():

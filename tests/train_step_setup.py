@@ -46,10 +46,12 @@ def loss_config(method: str):
     return cfg
 
 
-def make_step(method: str = "m2mix", loss_impl: str = "global", devices=None):
-    """``(step, state, mesh, data_sharding)`` on a ``data`` mesh over ``devices``."""
+def make_step(method: str = "m2mix", loss_impl: str = "global", devices=None,
+              axes=("data",), shape=(-1,)):
+    """``(step, state, mesh, data_sharding)`` on a mesh ``axes`` x ``shape`` over
+    ``devices`` (default: a ``data`` mesh over all of them)."""
     devices = list(jax.devices() if devices is None else devices)  # tuple: cacheable
-    mesh = train_state.make_mesh(("data",), (len(devices),), devices)
+    mesh = train_state.make_mesh(axes, shape, devices)
     cfg = loss_config(method)
     model = CLIP(presets.get_config("tiny"))
     params = init_params(model, jax.random.key(0))
@@ -67,9 +69,10 @@ def make_step(method: str = "m2mix", loss_impl: str = "global", devices=None):
     return step, state, mesh, train_state.batch_sharding(mesh)
 
 
-def run_step(method: str, loss_impl: str, devices):
-    """``(loss, grads as a dict of NumPy leaves)`` of one step on the fixed batch."""
-    step, state, _, data_sharding = make_step(method, loss_impl, devices)
+def run_step(method: str, loss_impl: str, devices, **mesh):
+    """``(loss, grads as a dict of NumPy leaves, metrics)`` of one step on the fixed
+    batch; ``mesh``: ``axes``/``shape`` of ``make_step``."""
+    step, state, _, data_sharding = make_step(method, loss_impl, devices, **mesh)
     images, tokens = batch_arrays()
     batch = {"image": jax.device_put(images, data_sharding),
              "tokens": jax.device_put(tokens, data_sharding)}
