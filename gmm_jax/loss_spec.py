@@ -42,8 +42,9 @@ class LossSpec:
     The objective fields: ``method`` (recipe), ``mix_schedule`` / ``mix_form`` (how the
     mix terms are weighted and formed), the m2-Mix / m3-Mix weights ``c_*`` and Beta
     parameters ``beta_*`` (``beta_m2=None``: the recipe's default, ``BETA_M2_DEFAULTS``),
-    ``m2_scale`` (the m2-Mix logit scale; ``None`` = the contrastive one), the uniformity/alignment weights and exponents, and modality
-    swapping (``swap``, ``swap_p``). The temperature fields are read by the train state.
+    ``m2_scale`` (the m2-Mix logit scale; ``None`` = the contrastive one), the
+    uniformity/alignment weights and exponents, and modality swapping (``swap``,
+    ``swap_p``). The temperature fields are read by the train state.
     """
     method: str = "clip"
     mix_schedule: str = "inverse_epoch"
