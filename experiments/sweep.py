@@ -6,9 +6,10 @@ r"""The demo's comparison over a grid of config keys x fine-tuning seeds (the pa
 
 Each cell of the grid (one value per key) and seed is a full demo flow
 (``demo_flow.run`` with the cell's overrides and ``config.seed = s``) in
-``WORKDIR/<cell>/seed<s>``, from the same pre-trained model (one pre-training in
-``WORKDIR/pretrain`` or ``--config.demo.pretrain_dir``, shared by every cell and seed:
-grid keys change fine-tuning only). Resumable: a cell-seed whose
+``WORKDIR/<cell>/seed<s>``, from the same pre-trained model: the shipped demo CLIP,
+evaluated once into ``WORKDIR/pretrain/eval`` (or ``--config.demo.pretrain_dir``), or with
+``--config.demo.pretrain.rebuild=True`` one pre-training there, shared by every cell and
+seed (grid keys change fine-tuning only). Resumable: a cell-seed whose
 ``demo_report.json`` was written for the same overrides is read back, not rerun (and
 ``demo_flow`` itself reuses finished stages of an interrupted one). Cells run one after
 another: on a 2-core machine two trainings at once are no faster.
@@ -102,11 +103,21 @@ def apply(config, cell: dict, seed: int):
     return cfg
 
 
+def config_id(config) -> str:
+    """A short hash of the sweep's base config (progress display left out): a finished
+    cell-seed is reused only for the same base config, not just the same cell."""
+    import hashlib
+    d = json.loads(config.to_json_best_effort(sort_keys=True))
+    d.pop("progress_bar", None)
+    d.get("eval", {}).pop("progress", None)
+    return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
+
+
 def run_grid(config, workdir: str, grid: dict, seeds: list[int],
              run_one: Callable[[object, str], dict]) -> dict:
     """``{cell_name: {seed: demo report}}``; ``run_one(cfg, dir)`` returns a demo report
     and is skipped when ``dir/sweep_cell.json`` records the same overrides and the report
-    exists."""
+    exists (and the base config, ``config_id``, is the same)."""
     out = {}
     for cell in cells(grid):
         name = cell_name(cell)
@@ -115,7 +126,7 @@ def run_grid(config, workdir: str, grid: dict, seeds: list[int],
             d = os.path.join(workdir, name, f"seed{s}")
             marker, report = os.path.join(d, "sweep_cell.json"), os.path.join(
                 d, "demo_report.json")
-            want = {"cell": cell, "seed": s}
+            want = {"cell": cell, "seed": s, "config": config_id(config)}
             if os.path.exists(report) and _read(marker) == want:
                 out[name][s] = _read(report)
                 continue
@@ -186,6 +197,28 @@ def markdown(agg: dict, metric: str, baseline: str = BASELINE) -> str:
     return "\n".join(lines) + "\n"
 
 
+def cell_table(cell: dict, metrics: list[str], baseline: str = BASELINE) -> str:
+    """One cell as one table: rows = metrics, columns = runs (mean ± std) and each run's
+    paired difference with ``baseline`` [95% CI] (``*``: the interval excludes zero)."""
+    from gmm_jax import report as R
+    runs = list(cell["runs"])
+    others = [r for r in runs if r not in (baseline, "pretrained")]
+    head = ["metric", "better"] + runs + [f"{o} − {baseline} [95% CI]" for o in others]
+    lines = ["| " + " | ".join(head) + " |",
+             "| --- | :---: | " + " | ".join("---:" for _ in head[2:]) + " |"]
+    for m in metrics:
+        row = [f"`{m}`", R.better(m)]
+        for r in runs:
+            st = cell["runs"][r].get(m)
+            row.append(f"{st['mean']:.4g} ± {st['std']:.2g}" if st else "–")
+        for o in others:
+            d = cell["vs_" + baseline].get(o, {}).get(m)
+            row.append(f"{d['mean']:+.3g} [{d['lo']:+.3g}, {d['hi']:+.3g}]"
+                       + (" *" if d["excludes_zero"] else "") if d else "–")
+        lines.append("| " + " | ".join(row) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def figure(agg: dict, metric: str, out_path: str) -> str:
     """Mean ± std over seeds of every run, per cell."""
     import matplotlib
@@ -217,6 +250,9 @@ def write_reports(workdir: str, results: dict, metrics: list[str], command: str)
     md = ["# Demo sweep", "", f"Command: `{command}`", "",
           "Mean ± sample std over the fine-tuning seeds; `X − ft`: mean paired per-seed "
           "difference with its 95% Student-t interval, `*` where it excludes zero.", ""]
+    for name, cell in agg.items():
+        md += [f"## Cell `{name}`", "", cell_table(cell, metrics)]
+    md += ["## Per metric", ""]
     figs = {}
     for m in metrics:
         md.append(markdown(agg, m))
@@ -244,7 +280,9 @@ def main(argv):
             apply(config, c, 0)  # unknown keys fail before anything runs
     except (KeyError, ValueError) as e:
         sys.exit(f"sweep.py: error: {e}")
-    if not config.demo.pretrain_dir:  # one pre-training shared by every cell and seed
+    # One pre-training (or, with the shipped model, one evaluation of it) shared by every
+    # cell and seed.
+    if not config.demo.pretrain_dir:
         config.demo.pretrain_dir = os.path.join(workdir, "pretrain")
     cmd = " ".join(["python experiments/sweep.py"] + sys.argv[1:])
     t0 = time.perf_counter()

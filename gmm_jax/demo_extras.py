@@ -32,6 +32,8 @@ CAPTION_KEYS = ("captioning/bleu4", "captioning/cider", "captioning/rouge_l",
 # Knobs of config.demo.captioning copied into gmm_jax.captioning.captioning_config().
 CAPTION_KNOBS = ("steps", "batch_size", "prefix_length", "width", "layers", "heads",
                  "beam_size", "max_length", "max_test_images", "num_samples")
+# How the stages write their JSON (as demo_flow's stages do): atomically, readable.
+_JSON = {"atomic": True, "indent": 1, "sort_keys": True, "allow_nan": True}
 
 
 def model_key(marker: dict) -> dict:
@@ -42,10 +44,9 @@ def model_key(marker: dict) -> dict:
 
 def _cached(out_dir: str, result_file: str, fp: dict):
     """The stage's stored result when its marker records ``fp``, else None."""
-    from gmm_jax.demo_flow import _read_json
-    if _read_json(fs.join(out_dir, STAGE_MARKER)) != fp:
+    if fs.read_json_or_none(fs.join(out_dir, STAGE_MARKER)) != fp:
         return None
-    return _read_json(fs.join(out_dir, result_file))
+    return fs.read_json_or_none(fs.join(out_dir, result_file))
 
 
 def _seeds(spec) -> list[int]:
@@ -88,7 +89,7 @@ def wise_ft_stage(config, workdir: str, stages: dict, markers: dict, names: list
     Returns ``wise_ft.json``'s content (``{"alphas", "metrics": {run: [rows]},
     "id_metric", "ood_metrics", "ece_metrics", ...}``), reused when unchanged."""
     from gmm_jax import wise_ft, wise_ft_report
-    from gmm_jax.demo_flow import PRETRAINED, _write_json
+    from gmm_jax.demo_flow import PRETRAINED
     alphas, ecfg = wise_ft_settings(config)
     out = fs.join(workdir, WISE_FT_DIR)
     reuse = not config.demo.wise_ft.reevaluate_ends and eval_dirs is not None
@@ -101,7 +102,7 @@ def wise_ft_stage(config, workdir: str, stages: dict, markers: dict, names: list
     cached = _cached(out, "wise_ft.json", fp)
     if cached is not None:
         return cached
-    _write_json(fs.join(out, STAGE_MARKER), {"running": True})
+    fs.write_json(fs.join(out, STAGE_MARKER), {"running": True}, **_JSON)
     model, params_a, tok = wise_ft.load_model(stages[PRETRAINED]["dir"])
     finetuned = {}
     for n in names:
@@ -120,7 +121,7 @@ def wise_ft_stage(config, workdir: str, stages: dict, markers: dict, names: list
     result["suites"] = str(ecfg.eval.suites)
     wise_ft_report.write(result, out)  # adds id/ood/ece metric choices to wise_ft.json
     result = fs.read_json(fs.join(out, "wise_ft.json"))
-    _write_json(fs.join(out, STAGE_MARKER), fp)
+    fs.write_json(fs.join(out, STAGE_MARKER), fp, **_JSON)
     return result
 
 
@@ -203,7 +204,6 @@ def captioning_stage(config, workdir: str, stages: dict, markers: dict,
         clip_image_encoder,
         params_fingerprint,
     )
-    from gmm_jax.demo_flow import _write_json
     cfg, seeds, train_split, test_split = captioning_settings(config)
     out = fs.join(workdir, CAPTIONING_DIR)
     data = json.loads(config.data.to_json_best_effort(sort_keys=True))
@@ -213,7 +213,7 @@ def captioning_stage(config, workdir: str, stages: dict, markers: dict,
     cached = _cached(out, "captioning.json", fp)
     if cached is not None:
         return cached
-    _write_json(fs.join(out, STAGE_MARKER), {"running": True})
+    fs.write_json(fs.join(out, STAGE_MARKER), {"running": True}, **_JSON)
     cfg.cache_dir = fs.join(out, "cache")
     data_key = hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:8]
     splits, runs, hyps = None, {}, {}
@@ -259,8 +259,8 @@ def captioning_stage(config, workdir: str, stages: dict, markers: dict,
               "samples": {"image": list(range(num)), "references": test_caps[:num],
                           "captions": {n: hyps[n][:num] for n in names},
                           "seed": seeds[0]}}
-    _write_json(fs.join(out, "captioning.json"), result, sort_keys=False)
-    _write_json(fs.join(out, STAGE_MARKER), fp)
+    fs.write_json(fs.join(out, "captioning.json"), result, **{**_JSON, "sort_keys": False})
+    fs.write_json(fs.join(out, STAGE_MARKER), fp, **_JSON)
     return result
 
 

@@ -3,8 +3,11 @@
 ``python train.py --config=configs/demo.py [--workdir=W]`` calls ``run(config, W)`` when
 the config has a ``demo`` section (``demo_section()`` lists its knobs):
 
-    W/pretrain/   a small CLIP trained from scratch on the demo's source split (CLIP loss,
-                  learned temperature); exported to W/pretrain/model/ (save_pretrained)
+    (pre-trained) the shipped demo CLIP (gmm_jax/assets/demo_clip, made by
+                  experiments/make_demo_model.py), evaluated in W/pretrained/eval; or,
+                  with config.demo.pretrain.rebuild=True, W/pretrain/: the same model
+                  trained from scratch on the demo's source split (CLIP loss, learned
+                  temperature), exported to W/pretrain/model/ (save_pretrained)
     W/<run>/      one fine-tuning run per entry of config.demo.runs, from that model, on
                   the target split (``RECIPES`` maps a run name to its loss)
     W/*/eval/     eval_lib.evaluate of each model on the target test split and the
@@ -79,13 +82,14 @@ def demo_section() -> ml_collections.ConfigDict:
     p = d.pretrain = ml_collections.ConfigDict()
     p.train_split = "source_train"
     p.num_epochs = 5
-    p.total_steps = 0             # > 0: overrides num_epochs
+    p.total_steps = 4000          # > 0: overrides num_epochs (4000 x 128 = 26 epochs)
     p.batch_size = 128
-    p.lr = 5e-4
+    p.lr = 1e-3
     p.weight_decay = 0.1
     p.temperature = "learned"
     p.temp_lr_mult = 20.0          # lets the learned temperature rise as in CLIP (docs/demo.md)
     p.seed = 0
+    p.rebuild = False             # True: pre-train here instead of loading the shipped model
     # After evaluation (gmm_jax.demo_extras; docs/demo.md): WiSE-FT curves of every run,
     # and a captioner on each model's frozen image embeddings.
     w = d.wise_ft = ml_collections.ConfigDict()
@@ -221,13 +225,7 @@ def fingerprint(cfg, drop=_NOT_TRAINING) -> str:
 
 # --------------------------------------------------------------------------- stages
 
-def _read_json(path):
-    if not fs.exists(path):
-        return None
-    try:
-        return fs.read_json(path)
-    except json.JSONDecodeError:
-        return None
+_read_json = fs.read_json_or_none  # markers: None when missing or cut short
 
 
 def _write_json(path, obj, sort_keys=True):
@@ -303,6 +301,44 @@ def evaluate_stage(ecfg, stage_dir: str, marker: dict, mesh, title: str) -> str:
     return out
 
 
+def evaluate_model_dir(ecfg, model_dir: str, out: str, mesh, title: str) -> str:
+    """Evaluate a model directory (the shipped model) into ``out``; reused when
+    ``demo_eval.json`` records the same model files and eval settings."""
+    from gmm_jax import eval_lib, pretrained
+    model_id = hashlib.sha256(fs.read_bytes(fs.join(model_dir, pretrained.CONFIG_FILE)))
+    # metrics.json is written with every (re)made model
+    model_id.update(fs.read_bytes(fs.join(model_dir, "metrics.json")))
+    fp = {"model": model_id.hexdigest()[:16],
+          "eval": json.loads(ecfg.eval.to_json_best_effort(sort_keys=True)),
+          "data": json.loads(ecfg.data.to_json_best_effort(sort_keys=True))}
+    fp["data"].pop("train_split", None)
+    fp["eval"].pop("progress", None)
+    if (_read_json(fs.join(out, EVAL_MARKER)) == fp
+            and fs.exists(fs.join(out, "metrics.json"))):
+        return out
+    model, params, tok = pretrained.load_pretrained(model_dir)
+    eval_lib.evaluate(model, params, tok, ecfg, out, mesh=mesh, title=title)
+    _write_json(fs.join(out, EVAL_MARKER), fp)
+    return out
+
+
+def shipped_pretrained(eval_dir: str) -> tuple[str, float, dict]:
+    """``(model_dir, tau, stage info)`` of the shipped demo model, evaluated into
+    ``eval_dir``."""
+    from gmm_jax import demo_model
+    model_dir = demo_model.shipped_dir()
+    path = fs.join(model_dir, demo_model.METRICS_FILE)
+    info = _read_json(path) or {}
+    if "tau" not in info:
+        raise DemoError(f"{path}: missing or without 'tau' (remake the model with "
+                        "python experiments/make_demo_model.py)")
+    tau = float(info["tau"])
+    stage = {"dir": model_dir, "step": info.get("step"),
+             "train_seconds": info.get("train_seconds"), "tau": tau, "shipped": True,
+             "eval_dir": eval_dir}
+    return model_dir, tau, stage
+
+
 # --------------------------------------------------------------------------- report
 
 def write_report(workdir: str, eval_dirs: dict, meta: dict,
@@ -327,6 +363,9 @@ def write_report(workdir: str, eval_dirs: dict, meta: dict,
         figs["gap_ft_vs_m2mix"] = figures.gap_figure_side_by_side(
             {"ft": eval_dirs["ft"], "m2mix": eval_dirs["m2mix"]},
             fs.join(workdir, "gap_ft_vs_m2mix.png"))
+    rel = reliability_figure(eval_dirs, fs.join(workdir, "reliability.png"))
+    if rel:
+        figs["reliability"] = rel
     paths.update(figs)
     stage_lines = [f"| {name} | {s.get('dir', '')} | {s.get('step', '')} | "
                    f"{s.get('train_seconds', '–')} |" for name, s in meta["stages"].items()]
@@ -348,12 +387,62 @@ def write_report(workdir: str, eval_dirs: dict, meta: dict,
           "| stage | workdir | step | s |", "| --- | --- | ---: | ---: |",
           *stage_lines, "",
           *["![" + k + "](" + fs.basename(v) + ")" for k, v in figs.items()], "",
-          head_md.replace("# Headline", "## Headline"), *sections,
+          head_md.replace("# Headline", "## Headline"), "", *summary_lines(data["runs"]), "",
+          *sections,
           full_md.replace("# All", "## All")]
     md_path = fs.join(workdir, "demo_report.md")
     fs.write_text(md_path, "\n".join(md) + "\n")
     paths["md"] = md_path
     return paths
+
+
+def reliability_figure(eval_dirs: dict, out_path: str) -> Optional[str]:
+    """Image-to-text retrieval reliability of every model, one panel each (from the eval
+    dirs' reliability.json); None when no model has one."""
+    from gmm_jax import eval_lib, figures
+    bins = {}
+    for name, d in eval_dirs.items():
+        got = _read_json(fs.join(d, eval_lib.RELIABILITY_FILE))
+        if got and "retrieval i2t" in got:
+            bins[name] = got["retrieval i2t"]
+    return figures.reliability_diagram(bins, out_path, "i2t retrieval") if bins else None
+
+
+# (metric, words, unit scale) of the plain-language summary under the headline table.
+_SUMMARY = (("retrieval/i2t_r1", "image-to-text R@1", 1.0),
+            ("zeroshot/gmm_demo_target_test/top1", "zero-shot shape accuracy", 1.0),
+            ("calibration/ece", "retrieval ECE in % (lower is better)", 100.0),
+            ("gap/centroid_distance", "the centroid gap", 1.0))
+
+
+def summary_lines(runs: dict) -> list[str]:
+    """A few plain sentences: what fine-tuning changed, how every other run differs from
+    ft, and that one seed cannot separate such differences from seed noise."""
+    def val(run, key):
+        v = runs.get(run, {}).get(key)
+        return None if v is None else float(v)
+
+    out = []
+    if PRETRAINED in runs and "ft" in runs:
+        parts = [f"{words} {val(PRETRAINED, k) * s:.3g} → {val('ft', k) * s:.3g}"
+                 for k, words, s in _SUMMARY
+                 if val(PRETRAINED, k) is not None and val("ft", k) is not None]
+        if parts:
+            out.append("From the pre-trained model to standard fine-tuning (ft) on "
+                       "target_test: " + "; ".join(parts) + ".")
+    for run in runs:
+        if run in (PRETRAINED, "ft") or "ft" not in runs:
+            continue
+        parts = [f"{words} {(val(run, k) - val('ft', k)) * s:+.3g}"
+                 for k, words, s in _SUMMARY
+                 if val(run, k) is not None and val("ft", k) is not None]
+        if parts:
+            out.append(f"{run} minus ft: " + "; ".join(parts) + ".")
+    if len(out) > 1:
+        out.append("This is one fine-tuning seed, so it cannot tell such differences "
+                   "from seed-to-seed noise; RESULTS.md compares the runs over five seeds "
+                   "with paired 95% intervals (experiments/sweep.py).")
+    return out
 
 
 # --------------------------------------------------------------------------- driver
@@ -387,16 +476,24 @@ def run(config, workdir: str, command: str = "") -> dict:
     stages, eval_dirs = {}, {}
     mesh = _mesh()
 
-    _banner(f"[1/{n_stages}] pre-training a small CLIP from scratch on "
-            f"{pre_cfg.data.train_split} -> {pre_dir}")
-    marker = train_stage(pre_cfg, pre_dir, _banner)
-    model_dir, tau_p = export_model(pre_dir, marker)
-    stages[PRETRAINED] = {"dir": pre_dir, "step": marker["step"],
-                          "train_seconds": marker.get("seconds"), "tau": tau_p}
+    markers = {}
+    if config.demo.pretrain.rebuild:
+        _banner(f"[1/{n_stages}] pre-training a small CLIP from scratch on "
+                f"{pre_cfg.data.train_split} -> {pre_dir}")
+        marker = markers[PRETRAINED] = train_stage(pre_cfg, pre_dir, _banner)
+        model_dir, tau_p = export_model(pre_dir, marker)
+        stages[PRETRAINED] = {"dir": pre_dir, "step": marker["step"],
+                              "train_seconds": marker.get("seconds"), "tau": tau_p}
+    else:
+        _banner(f"[1/{n_stages}] loading the shipped pre-trained demo CLIP (rebuild it with "
+                "--config.demo.pretrain.rebuild=True)")
+        # A shared pre-training dir (the sweep's) also shares the shipped model's evaluation.
+        eval_dir = fs.join(config.demo.pretrain_dir if config.demo.pretrain_dir else
+                           fs.join(workdir, PRETRAINED), "eval")
+        model_dir, tau_p, stages[PRETRAINED] = shipped_pretrained(eval_dir)
     print(f"pre-trained model: {model_dir} (learned tau {tau_p:.4f}, scale {1 / tau_p:.1f})",
           flush=True)
 
-    markers = {PRETRAINED: marker}
     for i, name in enumerate(names):
         cfg = finetune_config(config, name, model_dir, tau_p)
         run_dir = fs.join(workdir, name)
@@ -410,7 +507,12 @@ def run(config, workdir: str, command: str = "") -> dict:
     _banner(f"[{2 + len(names)}/{n_stages}] evaluating {[PRETRAINED] + names} on "
             f"{ecfg.data.eval_split} and the shifted splits")
     for name in [PRETRAINED] + names:
-        eval_dirs[name] = evaluate_stage(ecfg, stages[name]["dir"], markers[name], mesh, name)
+        if name in markers:
+            eval_dirs[name] = evaluate_stage(ecfg, stages[name]["dir"], markers[name], mesh,
+                                             name)
+        else:  # the shipped model
+            eval_dirs[name] = evaluate_model_dir(ecfg, model_dir, stages[name]["eval_dir"],
+                                                 mesh, name)
 
     from gmm_jax import demo_extras
     extras, extra_stages, k = {}, {}, 2 + len(names)

@@ -28,6 +28,7 @@ from jax.sharding import PartitionSpec as P
 from tqdm.auto import tqdm
 
 from gmm_jax import evaluators, figures, losses, paths, report
+from gmm_jax.config_access import config_get
 from gmm_jax.evaluators import DataMissing, EvalContext, EvalError, as_list  # noqa: F401
 from gmm_jax.evaluators.context import take as _take  # noqa: F401  (kept name)
 from gmm_jax.evaluators.zeroshot import DEMO_DATASETS as DEMO_ZEROSHOT  # noqa: F401
@@ -37,6 +38,7 @@ from gmm_jax.report import compare_runs, load_metrics  # noqa: F401  (re-exporte
 log = logging.getLogger(__name__)
 
 SUITES = evaluators.default_names()  # registration order: the default run order
+RELIABILITY_FILE = "reliability.json"  # {panel: metrics.reliability_bins(...)} per eval dir
 
 
 def default_eval_config() -> ml_collections.ConfigDict:
@@ -186,7 +188,7 @@ def model_scale(params) -> float:
 # which suites
 
 def _eval_config(config):
-    ecfg = config.get("eval") if hasattr(config, "get") else None
+    ecfg = config_get(config, "eval")
     return ecfg if ecfg is not None else default_eval_config()
 
 
@@ -205,10 +207,8 @@ def resolve_suites(config, ctx=None) -> list[str]:
     names = as_list(ecfg.suites)
     for n in names:
         evaluators.get(n)  # unknown name -> EvalError listing the known ones
-    from gmm_jax.data.sources import cfg_get
-    data = config.get("data") if hasattr(config, "get") else None
     if (ctx is not None and names == list(SUITES)
-            and cfg_get(data, "name") == "image_text_files"):
+            and config_get(config_get(config, "data"), "name") == "image_text_files"):
         own = [n for n in names
                if not evaluators.get(n)(_section(ecfg, n), ecfg).needs_other_data(ctx)]
         log.info("eval on own data: default suites %s (the others need other data sets; "
@@ -222,7 +222,7 @@ def suite_schedule(config) -> dict[str, tuple[int, bool]]:
     (0 = ``config.eval_every_steps``, -1 = never) and ``at_end``. Building it reads the
     whole eval config (milliseconds): compute it once, not at every training step."""
     ecfg = _eval_config(config)
-    default_every = int(config.get("eval_every_steps", 0) or 0) if hasattr(config, "get") else 0
+    default_every = int(config_get(config, "eval_every_steps", 0))
     schedule = {}
     for name in as_list(ecfg.suites):
         s = _section(ecfg, name)
@@ -341,5 +341,9 @@ def run_suites(encoder, tokenizer, config, out_dir: str, *, image_size: int,
 def _write(out_dir, values, reliability, title, info):
     if reliability:
         figures.reliability_diagram(reliability, paths.join(out_dir, "reliability.png"))
+        # The bins themselves, so reports can draw several models side by side.
+        paths.write_json(paths.join(out_dir, RELIABILITY_FILE),
+                         {k: {f: np.asarray(v).tolist() for f, v in b.items()}
+                          for k, b in reliability.items()})
     report.write_metrics(values, out_dir, title or "Evaluation")
     paths.write_json(paths.join(out_dir, "eval_info.json"), info, indent=1, default=str)

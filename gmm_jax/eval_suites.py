@@ -13,14 +13,9 @@ from typing import Iterable, Mapping, Sequence
 import numpy as np
 
 from gmm_jax import metrics
+from gmm_jax.metrics import unit_rows
 
 LAMBDAS = tuple(np.arange(1, 15) * 0.5)  # SIMAT's lambda sweep {0.5, 1, ..., 7}
-
-
-def unit(x) -> np.ndarray:
-    """Row-normalised float32 copy of ``x`` (N, D)."""
-    x = np.asarray(x, np.float32)
-    return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
 
 
 # --------------------------------------------------------------------------
@@ -83,7 +78,7 @@ def geometry_suite(v, t, seed: int = 0, uniformity_t: float = 2.0,
     Uniformity is taken over ``concat(v, t)`` (docs/method.md#metrics; not the reference's
     ``concat(v, v)``).
     """
-    v, t = unit(v), unit(t)
+    v, t = unit_rows(v), unit_rows(t)
     return {
         f"{prefix}/centroid_distance": metrics.modality_gap(v, t),
         f"{prefix}/linear_separability": metrics.linear_separability(v, t, seed=seed),
@@ -124,10 +119,10 @@ def class_weights(template_emb, num_classes: int) -> np.ndarray:
     Each prompt embedding is normalised, the T prompts of a class averaged and the
     mean renormalised (CLIP's zero-shot recipe).
     """
-    e = unit(template_emb)
+    e = unit_rows(template_emb)
     if e.shape[0] % num_classes:
         raise ValueError(f"{e.shape[0]} prompt embeddings do not split into {num_classes} classes")
-    return unit(e.reshape(num_classes, -1, e.shape[-1]).mean(axis=1))
+    return unit_rows(e.reshape(num_classes, -1, e.shape[-1]).mean(axis=1))
 
 
 def zeroshot_suite(image_emb, labels, weights, scale: float, n_bins: int = 10,
@@ -137,7 +132,7 @@ def zeroshot_suite(image_emb, labels, weights, scale: float, n_bins: int = 10,
     Returns ``(metrics, bins)``; ``bins`` is the reliability histogram of the
     max-softmax confidences.
     """
-    logits = float(scale) * (unit(image_emb).astype(np.float64) @ unit(weights).T)
+    logits = float(scale) * (unit_rows(image_emb).astype(np.float64) @ unit_rows(weights).T)
     labels = np.asarray(labels, np.int64)
     acc = metrics.topk_accuracy(logits, labels, ks=(1, 5))
     z = logits - logits.max(axis=1, keepdims=True)
@@ -199,7 +194,7 @@ def arithmetic_neighbours(image_emb, source, delta, lams: Sequence[float] = LAMB
     Returns:
       int64 (len(lams), Q) index of the retrieved image.
     """
-    img = unit(image_emb)
+    img = unit_rows(image_emb)
     source = np.asarray(source, np.int64)
     delta = np.asarray(delta, np.float32)
     if delta.shape != (len(source), img.shape[1]):
@@ -242,7 +237,8 @@ def demo_arithmetic_suite(image_emb, triples, word_emb: Mapping[str, np.ndarray]
     if not triples:  # tiny splits may hold no swap pairs: report that, not a crash
         return {f"{prefix}/num_queries": 0.0}
     src = np.array([tr.source for tr in triples], np.int64)
-    delta = np.stack([unit(word_emb[tr.new_word]) - unit(word_emb[tr.word]) for tr in triples])
+    delta = np.stack([unit_rows(word_emb[tr.new_word]) - unit_rows(word_emb[tr.word])
+                      for tr in triples])
     nb = arithmetic_neighbours(image_emb, src, delta, lams)
     answers = [frozenset(tr.answers) for tr in triples]
     res = arithmetic_scores(nb, lambda row: np.array([r in a for r, a in zip(row, answers)]),
@@ -264,7 +260,7 @@ def simat_suite(image_emb, source, value_words, target_words, target_ids, norm2,
       norm2: (Q,) SIMAT's ``norm2``; weights are ``1/sqrt(norm2)`` (normalised).
       similarity: (N, C) OSCAR image-caption scores shipped with SIMAT.
     """
-    delta = np.stack([unit(word_emb[t]) - unit(word_emb[v])
+    delta = np.stack([unit_rows(word_emb[t]) - unit_rows(word_emb[v])
                       for v, t in zip(value_words, target_words)])
     nb = arithmetic_neighbours(image_emb, source, delta, lams)
     sim = np.asarray(similarity)

@@ -18,6 +18,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from gmm_jax import paths  # noqa: E402
+from gmm_jax.metrics import unit_rows  # noqa: E402
 
 IMAGE_COLOUR, TEXT_COLOUR = "#1f77b4", "#d62728"
 
@@ -31,9 +32,7 @@ def pca_2d(x) -> np.ndarray:
 
 
 def _draw_gap(ax, v, t, title: str, max_pairs: int = 300, gap: float | None = None):
-    v, t = np.asarray(v, np.float64), np.asarray(t, np.float64)
-    v = v / np.linalg.norm(v, axis=1, keepdims=True)
-    t = t / np.linalg.norm(t, axis=1, keepdims=True)
+    v, t = unit_rows(v, np.float64), unit_rows(t, np.float64)
     n = min(len(v), max_pairs)
     # One joint projection so distances between the modalities are comparable.
     p = pca_2d(np.concatenate([v[:n], t[:n]]))

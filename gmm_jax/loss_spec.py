@@ -11,6 +11,8 @@ import dataclasses
 import math
 from typing import Any, Optional
 
+from gmm_jax.config_access import config_get
+
 METHODS = ("clip", "m2mix", "m3mix", "cua", "cuaxu")
 MIX_SCHEDULES = ("inverse_epoch", "constant")
 MIX_FORMS = ("reference", "openclip")
@@ -25,14 +27,6 @@ BETA_M2_DEFAULT = 0.5
 
 _CHOICES = {"method": METHODS, "mix_schedule": MIX_SCHEDULES, "mix_form": MIX_FORMS,
             "swap": SWAPS, "temperature": TEMPERATURES}
-
-
-def config_get(cfg: Any, key: str, default: Any = None) -> Any:
-    """``cfg[key]`` for a ConfigDict or mapping, ``cfg.key`` for any other object;
-    ``default`` when absent."""
-    if hasattr(cfg, "get"):
-        return cfg.get(key, default)
-    return getattr(cfg, key, default)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -107,7 +101,7 @@ class LossSpec:
                                  f"known: {sorted(known)}")
         values = {}
         for f in dataclasses.fields(cls):
-            value = config_get(cfg, f.name, f.default)
+            value = config_get(cfg, f.name, f.default, keep_none=True)
             if isinstance(f.default, str):
                 values[f.name] = value  # checked against its choices in __post_init__
             elif value is None and f.name in ("m2_scale", "beta_m2"):

@@ -19,12 +19,37 @@ def _as_f32(x) -> np.ndarray:
     return np.asarray(x, dtype=np.float32)
 
 
+def unit_rows(x, dtype=np.float32) -> np.ndarray:
+    """Rows (the last axis) of ``x`` scaled to unit L2 norm: the one NumPy row
+    normalisation of the project (``losses.l2_normalize`` is the JAX one).
+
+    Args:
+      x: array-like of shape (..., D); a single vector (D,) is one row.
+      dtype: dtype of the result (and of the computation); float32 unless asked.
+
+    Returns:
+      A new array of ``x``'s shape and ``dtype``: ``x / max(||x||, 1e-12)`` row by row,
+      so an all-zero row stays zero instead of becoming NaN.
+
+    References:
+      CLIP compares L2-normalised embeddings by their dot product (cosine similarity):
+      Radford et al. 2021, https://arxiv.org/abs/2103.00020
+
+    Examples:
+      >>> unit_rows([[3.0, 4.0], [0.0, 0.0]])
+      array([[0.6, 0.8],
+             [0. , 0. ]], dtype=float32)
+    """
+    x = np.asarray(x, dtype)
+    return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
+
+
 def _unit(x) -> np.ndarray:
+    """``unit_rows`` of an (N, D) embedding array (any other shape is an error)."""
     x = _as_f32(x)
     if x.ndim != 2:
         raise ValueError(f"expected an (N, D) embedding array, got shape {x.shape}")
-    norm = np.linalg.norm(x, axis=1, keepdims=True)
-    return x / np.maximum(norm, 1e-12)
+    return unit_rows(x)
 
 
 def _check_pairs(v, t, name: str):

@@ -75,6 +75,17 @@ def read_json(p: PathLike) -> Any:
     return json.loads(read_text(p))
 
 
+def read_json_or_none(p: PathLike) -> Any:
+    """The JSON value in ``p``; None when ``p`` is missing or not valid JSON (a file
+    cut short by a killed writer: markers are read this way)."""
+    if not exists(p):
+        return None
+    try:
+        return read_json(p)
+    except json.JSONDecodeError:
+        return None
+
+
 def write_bytes(p: PathLike, data: bytes, atomic: bool = False) -> None:
     """Write ``data`` to ``p``, creating its directory. ``atomic``: write a temporary
     sibling then rename it over ``p`` (a reader never sees a half-written file; on

@@ -6,11 +6,17 @@ programs again (a resumed run, the run it is compared with, eval after training)
 JAX's persistent cache, in a directory made fresh for this session and inherited by
 the subprocesses through the environment, compiles each program once (about 10 s of a
 23 s tiny training run). A cache the user set (``JAX_COMPILATION_CACHE_DIR``) is kept.
+
+``small_demo_data``: the TFDS data of configs/tiny.py, generated once per session for
+every module that trains on it (about a minute each time on 2 cores). ``demoflow_data``:
+the same for tests/demo_tiny_config.py's few-dozen-example demo data.
 """
 import atexit
 import os
 import shutil
 import tempfile
+
+import pytest
 
 # Must happen before jax is imported anywhere in the test process.
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
@@ -22,3 +28,27 @@ if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
     os.environ["JAX_COMPILATION_CACHE_DIR"] = _cache
     os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
     os.environ["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"] = "-1"
+
+
+@pytest.fixture(scope="session")
+def small_demo_data(tmp_path_factory):
+    """A TFDS data dir holding the demo's "small" config (configs/tiny.py's data),
+    generated here once; tests only read it."""
+    from gmm_jax.configs import tiny
+    from gmm_jax.data import get_source
+    path = tmp_path_factory.mktemp("small_demo_tfds")
+    cfg = tiny.get_config().data
+    cfg.data_dir = str(path)
+    get_source(cfg)
+    return path
+
+
+@pytest.fixture(scope="session")
+def demoflow_data(tmp_path_factory):
+    """A TFDS data dir holding tests/demo_tiny_config.py's demo data ("demoflow"),
+    generated here once; tests only read it."""
+    from gmm_jax.data import demo
+    from tests import demo_tiny_config
+    path = str(tmp_path_factory.mktemp("demoflow_tfds"))
+    demo.builder(path, demo_tiny_config.get_config(path).data.demo_config).download_and_prepare()
+    return path

@@ -39,6 +39,7 @@ def get_config(data_dir=None):
     config.eval.fewshot.ks = (1, 2)
     config.eval.fewshot.seeds = (0,)
     config.eval.figure_pairs = 16
+    config.demo.pretrain.rebuild = True  # pre-train the tiny model (the shipped one is bigger)
     config.demo.pretrain.batch_size = 16
     config.demo.pretrain.total_steps = 6
     config.demo.pretrain.lr = 1e-3

@@ -18,6 +18,8 @@ import transpose as transpose_bench  # noqa: E402
 
 from gmm_jax import losses  # noqa: E402
 
+pytestmark = pytest.mark.slow  # compiles and times the benchmark programs
+
 
 def _finite_positive(x):
     return x is not None and math.isfinite(x) and x > 0

@@ -64,6 +64,7 @@ def test_target_mask_matches_a_loop():
     assert np.array_equal(np.asarray(targets), tokens[:, 1:])
 
 
+@pytest.mark.slow
 def test_decoder_overfits_a_tiny_set(tokenizer):
     """4 embeddings -> their 4 captions, exactly, with greedy and with beam search."""
     emb = np.random.default_rng(0).normal(size=(4, 16)).astype(np.float32)
@@ -181,6 +182,7 @@ def tiny_clip():
     return model, random_like(shapes, seed=0, std=0.1)
 
 
+@pytest.mark.slow
 def test_cached_embeddings_equal_a_fresh_encoding(tiny_clip, tmp_path):
     model, params = tiny_clip
     images = _images(7)
@@ -213,6 +215,7 @@ def test_cached_embeddings_equal_a_fresh_encoding(tiny_clip, tmp_path):
         captioning.embed_images(lambda x: np.zeros((2, 32)), [images[:3]])
 
 
+@pytest.mark.slow
 def test_captioning_metrics_end_to_end(tokenizer, tmp_path):
     """The suite's plumbing: image caps, cache files, keys, the sample table."""
     proj = np.random.default_rng(4).normal(size=(32 * 32 * 3, 16)).astype(np.float32)

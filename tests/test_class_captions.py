@@ -127,6 +127,7 @@ def test_demo_captions_name_the_scene_shape(tmp_path):
     assert n == DEMO_SPLITS["target_train"] == len(shape_of)
 
 
+@pytest.mark.slow
 def test_train_py_fine_tunes_on_class_captions(tmp_path):
     data_dir = tmp_path / "data"
     cfg_file = tmp_path / "cfg.py"

@@ -19,6 +19,8 @@ from gmm_jax import convert
 from gmm_jax.pretrained import load_pretrained
 from gmm_jax.tokenizer import Tokenizer
 
+pytestmark = pytest.mark.slow  # transformers/open_clip models, convert.py runs
+
 CAPTIONS = ["a red square on a blue background", "two green circles", "a small yellow star",
             "the big purple triangle next to a circle", "an orange square and a red star"] * 4
 

@@ -18,6 +18,7 @@ from gmm_jax import demo_flow, train_lib
 from tests.demo_tiny_config import demo_config as _demo_config
 from tests.demo_tiny_config import get_config as tiny_demo_config
 
+pytestmark = pytest.mark.slow  # the whole demo through train.py
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 REQUIRED = (["retrieval/i2t_r1", "retrieval/t2i_r1", "retrieval/i2t_r5", "retrieval/t2i_r10",
              "retrieval/rsum", "retrieval_shift_background/rsum", "retrieval_shift_combo/rsum",

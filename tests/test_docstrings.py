@@ -11,7 +11,7 @@ PUBLIC = {
                        "modality_swap_hard", "modality_swap_soft"],
     "gmm_jax.metrics": ["caption_groups", "retrieval_recall", "rsum", "modality_gap",
                         "mean_positive_cosine", "relative_alignment", "uniformity",
-                        "alignment", "linear_separability", "reliability_bins",
+                        "alignment", "linear_separability", "reliability_bins", "unit_rows",
                         "calibration_error", "expected_calibration_error",
                         "retrieval_confidences", "topk_accuracy", "linear_probe_accuracy"],
 }

@@ -17,6 +17,7 @@ from gmm_jax.data import demo, demo_render
 from gmm_jax.models import CLIP, get_config, init_params
 from gmm_jax.tokenizer import Tokenizer
 
+pytestmark = pytest.mark.slow  # every suite on a tiny CLIP, sharded
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SPLITS = {"target_train": 40, "target_test": 48, "shift_background": 16, "shift_combo": 16}
 KEYS = ([f"retrieval/{d}_r{k}" for d in ("i2t", "t2i") for k in (1, 5, 10)]

@@ -102,6 +102,10 @@ def test_evaluate_all_suites_on_demo(fake, demo_data, tmp_path):
         assert os.path.getsize(os.path.join(out, f)) > 0, f
     with np.load(os.path.join(out, "embeddings.npz")) as z:
         assert z["image"].shape == z["text"].shape == (48, 8)
+    # the reliability bins behind reliability.png: one i2t query per image
+    rel = json.load(open(os.path.join(out, eval_lib.RELIABILITY_FILE)))
+    assert sum(rel["retrieval i2t"]["count"]) == 48
+    assert any(k.startswith("zero-shot") for k in rel), sorted(rel)
     assert values["calibration/scale"] == pytest.approx(20.0, rel=1e-5)
     assert values["arithmetic/demo/num_queries"] > 0
     # first_caption protocol and a fixed scale change what they should, nothing else

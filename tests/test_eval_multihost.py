@@ -13,6 +13,7 @@ from gmm_jax.data import demo
 from tests.eval_fakes import demo_config
 from tests.test_train_step import _free_port
 
+pytestmark = [pytest.mark.slow, pytest.mark.multiprocess]  # jax.distributed
 HERE = os.path.dirname(os.path.abspath(__file__))
 WORKER_EVAL = {"suites": "retrieval,geometry,calibration,zeroshot",
                "zeroshot.datasets": "gmm_demo:target_test"}  # as in eval_worker.py

@@ -177,6 +177,7 @@ def test_results_are_written_when_a_later_suite_fails(own_data, tmp_path):
     assert written["retrieval/i2t_r1"] == 100.0 and written["retrieval/t2i_r1"] == 100.0
 
 
+@pytest.mark.slow
 def test_eval_cli_strict_offline(own_data, tmp_path):
     """eval.py --strict on own data with a missing zero-shot set: exit 2 at once, one
     line naming the dataset, nothing downloaded, no traceback."""

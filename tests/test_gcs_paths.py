@@ -38,17 +38,19 @@ def _own_data(root):
 
 
 @pytest.mark.slow
-def test_whole_flow_on_gs_paths(tmp_path):
+def test_whole_flow_on_gs_paths(tmp_path, demoflow_data):
     mirror, cwd = tmp_path / "gcs", tmp_path / "cwd"
     _own_data(str(mirror / "bucket" / "own"))
     cwd.mkdir()
     (cwd / "gs:").write_text("blocks local writes to gs://...\n")
     out_json = tmp_path / "out.json"
+    # One CPU device; XLA's LLVM optimisation off: compiling dominates these short runs.
     env = dict(os.environ, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="3",
+               XLA_FLAGS="--xla_backend_optimization_level=0",
                PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
     proc = subprocess.run(
         [sys.executable, os.path.join(ROOT, "tests", "gcs_paths_worker.py"), str(mirror),
-         str(tmp_path / "data"), str(out_json)],
+         demoflow_data, str(out_json)],  # the demo data: conftest, once per session
         cwd=cwd, env=env, capture_output=True, text=True, timeout=1500)
     report = json.loads(out_json.read_text()) if out_json.exists() else {}
     assert not report.get("bypasses"), report.get("bypasses")

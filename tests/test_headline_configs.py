@@ -27,6 +27,7 @@ import sys
 import numpy as np
 import pytest
 
+pytestmark = pytest.mark.slow  # train.py/eval.py subprocesses
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 STEPS = 3

@@ -30,6 +30,8 @@ from tests.test_convert import (
     _torch_outputs,
 )
 
+pytestmark = pytest.mark.slow  # converter runs from a filled hub cache
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 HF_ID = "tiny-org/tiny-clip"
 OPENCLIP_NAME = "ViT-B-32:laion2b_s34b_b79k"

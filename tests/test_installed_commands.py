@@ -57,7 +57,7 @@ def _env():
     return env
 
 
-def test_gmm_train_and_gmm_eval_from_the_installed_wheel(venv):
+def test_gmm_train_and_gmm_eval_from_the_installed_wheel(venv, small_demo_data):
     root, bin_dir = venv
     work = root / "elsewhere"
     work.mkdir()
@@ -65,7 +65,8 @@ def test_gmm_train_and_gmm_eval_from_the_installed_wheel(venv):
                             "import gmm_jax; print(gmm_jax.__file__)"],
                            cwd=work, env=_env(), capture_output=True, text=True, timeout=120)
     assert str(root / "venv") in where.stdout, where.stdout + where.stderr  # not the checkout
-    data_dir, run = str(root / "data"), str(root / "run")
+    # the demo data of --config=tiny, generated once per session (conftest)
+    data_dir, run = str(small_demo_data), str(root / "run")
     r = subprocess.run([str(bin_dir / "gmm-train"), "--config=tiny", f"--workdir={run}",
                         f"--config.data.data_dir={data_dir}", "--config.total_steps=4",
                         "--config.checkpoint_every_steps=4", "--config.progress_bar=False"],

@@ -73,6 +73,11 @@ def test_helpers_round_trip_locally(tmp_path):
     paths.write_json(d / "x.json", {"k": [1, 2]}, atomic=True)
     assert paths.read_json(d / "x.json") == {"k": [1, 2]}
     assert sorted(p.name for p in d.iterdir()) == ["x.json"]  # no temporary left behind
+    assert paths.read_json_or_none(d / "x.json") == {"k": [1, 2]}
+    assert paths.read_json_or_none(d / "missing.json") is None
+    (d / "cut.json").write_text('{"k": [1,')  # a writer killed mid-file
+    assert paths.read_json_or_none(d / "cut.json") is None
+    (d / "cut.json").unlink()
     arr = np.arange(6.0).reshape(2, 3)
     paths.save_npz(d / "e.npz", compressed=True, image=arr)
     np.testing.assert_array_equal(np.load(d / "e.npz")["image"], arr)

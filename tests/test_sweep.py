@@ -55,6 +55,13 @@ def test_runs_each_cell_once_resumes_and_reports(tmp_path):
     assert len(calls) == 6
     again = sweep.run_grid(demo.get_config(), str(tmp_path), grid, [0, 1, 2], run_one)
     assert len(calls) == 6 and again == res  # finished cells are read back, not rerun
+    other = demo.get_config()
+    other.demo.runs = "ft,m2mix,m3mix"  # another base config: nothing is reused
+    sweep.run_grid(other, str(tmp_path), {"loss.c_m2": [0.05]}, [0], run_one)
+    assert len(calls) == 7
+    other.progress_bar = not other.progress_bar  # display only: reused
+    sweep.run_grid(other, str(tmp_path), {"loss.c_m2": [0.05]}, [0], run_one)
+    assert len(calls) == 7
     out = sweep.write_reports(str(tmp_path), res, METRICS, "cmd")
     cell = out["agg"]["c_m2=0.05"]
     ft = [_fake_report({"loss.c_m2": 0.05}, s)["runs"]["ft"]["retrieval/i2t_r1"] for s in range(3)]
@@ -66,5 +73,9 @@ def test_runs_each_cell_once_resumes_and_reports(tmp_path):
     assert cell["runs"]["ft"]["retrieval/i2t_r1"]["std"] == pytest.approx(np.std(ft, ddof=1))
     md = open(tmp_path / "sweep_report.md").read()
     assert "### `retrieval/i2t_r1`" in md and "c_m2=0.001" in md and "m2mix − ft" in md
+    # the per-cell table: one row per metric with the same interval
+    row = [ln for ln in sweep.cell_table(cell, METRICS).splitlines()
+           if ln.startswith("| `retrieval/i2t_r1`")][0]
+    assert f"[{ref.low:+.3g}, {ref.high:+.3g}]" in row and "## Cell `c_m2=0.05`" in md
     for m in METRICS:
         assert os.path.getsize(out["figures"][m]) > 1000

@@ -294,6 +294,7 @@ def test_single_string_and_bytes(tok):
     np.testing.assert_array_equal(tok([""]), [[tok.sot_token_id, tok.eot_token_id] + [0] * 75])
 
 
+@pytest.mark.slow
 def test_wheel_ships_the_openai_vocabulary(tmp_path, tok):
     """`pip install .` alone can tokenise for OpenAI checkpoints: the built wheel holds
     the vocabulary (byte-identical to open_clip's copy) and its licence notice."""

@@ -9,6 +9,8 @@ import pytest
 from gmm_jax import cli, train_lib
 from gmm_jax.configs import coco, flickr30k
 
+pytestmark = pytest.mark.slow  # train.py subprocesses
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 TINY_CONFIG = os.path.join(ROOT, "configs", "tiny.py")

@@ -12,6 +12,7 @@ import pytest
 from gmm_jax import checkpointing
 from tests.train_step_setup import flat_leaves
 
+pytestmark = pytest.mark.slow  # train.py subprocesses (resume after kills, 240 steps)
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 STEPS = ["total_steps=12", "checkpoint_every_steps=4"]
@@ -28,8 +29,8 @@ def _train(workdir, data_dir, *args, expect_rc=0):
 
 
 @pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-    return tmp_path_factory.mktemp("tfds")
+def data_dir(small_demo_data):
+    return small_demo_data
 
 
 @pytest.fixture(scope="module")

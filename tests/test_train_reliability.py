@@ -12,6 +12,7 @@ import pytest
 from gmm_jax import checkpointing
 from tests.train_step_setup import flat_leaves
 
+pytestmark = pytest.mark.slow  # train.py subprocesses
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 SHORT = ["total_steps=4", "checkpoint_every_steps=2", "log_every_steps=2"]
@@ -47,15 +48,10 @@ def _last_line(text):
 
 
 @pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-    """The small demo set, generated here once (not inside a timed subprocess)."""
-    from gmm_jax.configs import tiny
-    from gmm_jax.data import get_source
-    path = tmp_path_factory.mktemp("tfds")
-    cfg = tiny.get_config().data
-    cfg.data_dir = str(path)
-    get_source(cfg)
-    return path
+def data_dir(small_demo_data):
+    """The small demo set (conftest: generated once per session, not inside a timed
+    subprocess)."""
+    return small_demo_data
 
 
 @pytest.fixture(scope="module")

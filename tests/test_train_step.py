@@ -17,6 +17,8 @@ from gmm_jax import losses, train_state
 from gmm_jax.distributed_loss import local_objective
 from tests.train_step_setup import assert_grads_close, loss_config, make_step, run_step
 
+pytestmark = pytest.mark.slow  # sharded steps: compile-bound
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 
@@ -108,6 +110,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.multiprocess
 def test_two_processes_equal_one_process(tmp_path):
     """jax.distributed on localhost: 2 processes x 2 devices == 1 process x 4 devices."""
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}

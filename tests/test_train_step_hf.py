@@ -9,16 +9,21 @@ own (linear) tensor maps and compared leaf by leaf, logit scale included.
 """
 import jax
 import numpy as np
-import optax
 import pytest
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-from gmm_jax import convert, losses, train_lib, train_state  # noqa: E402
+from gmm_jax import convert, train_lib, train_state  # noqa: E402
 from gmm_jax.models import layouts  # noqa: E402
-from tests.train_step_setup import assert_grads_close, flat_leaves  # noqa: E402
+from tests.train_step_setup import (  # noqa: E402
+    assert_grads_close,
+    build_step,
+    flat_leaves,
+    sgd_step_grads,
+)
 
+pytestmark = pytest.mark.slow  # PyTorch reference, two compiled steps
 N, SIZE, CTX, VOCAB = 8, 16, 12, 300
 M2_SCALE = 1 / 0.07
 
@@ -81,16 +86,9 @@ def _project_step(model_dir, method, c_m2, images, tokens):
     cfg = train_lib.default_config().loss
     cfg.method, cfg.temperature, cfg.c_m2, cfg.m2_scale = method, "learned", c_m2, M2_SCALE
     mesh = train_state.make_mesh(("data",), (1,), jax.devices()[:1])
-    tx = optax.sgd(1.0)
-    state = train_state.new_state(params, tx, seed=0)
-    shardings = train_state.state_shardings(jax.eval_shape(lambda: state), mesh)
-    state = jax.device_put(state, shardings)
-    step = train_state.make_train_step(model, losses.build_objective(cfg), tx, cfg, 10,
-                                       lambda s: 1.0, mesh, shardings)
-    before = jax.device_get(state["params"])
-    new, metrics = step(state, {"image": images, "tokens": tokens}, np.int32(0))
-    grads = jax.tree.map(lambda a, b: np.asarray(a, np.float64) - np.asarray(b, np.float64),
-                         before, jax.device_get(new["params"]))
+    step, state = build_step(model, params, cfg, mesh, seed=0)
+    grads, metrics = sgd_step_grads(step, state, {"image": images, "tokens": tokens},
+                                    np.float64)
     return model.config, float(metrics["loss/total"]), grads, metrics
 
 

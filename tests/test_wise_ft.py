@@ -19,6 +19,7 @@ from gmm_jax.tokenizer import Tokenizer
 from tests import demo_tiny_config
 from tests.train_step_setup import flat_leaves
 
+pytestmark = pytest.mark.slow  # real fine-tuning runs and evaluations
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SUITES = "calibration,zeroshot"  # ECE of retrieval and zero-shot; ID and OOD accuracy
 
@@ -29,14 +30,13 @@ def _arch(vocab_size=600, **kw):
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory):
+def runs(tmp_path_factory, demoflow_data):
     """A: a model directory (random tiny CLIP). B: a real 2-step fine-tuning run from A
     (learned temperature). C: a run workdir whose checkpoint stores a softplus
     temperature parameter and perturbed weights (the loader must convert it)."""
     root = tmp_path_factory.mktemp("wise")
-    data_dir = str(root / "data")
+    data_dir = demoflow_data  # conftest: generated once per session
     cfg = demo_tiny_config.get_config(data_dir)
-    demo.builder(data_dir, cfg.data.demo_config).download_and_prepare()
     texts = [c.decode() for ex in demo.builder(data_dir, cfg.data.demo_config).as_dataset(
         split="target_train").as_numpy_iterator() for c in ex["captions"]]
     texts += [t.format(c) for t in demo.TEMPLATES for c in demo.CLASS_NAMES]

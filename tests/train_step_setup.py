@@ -46,26 +46,43 @@ def loss_config(method: str):
     return cfg
 
 
-def make_step(method: str = "m2mix", loss_impl: str = "global", devices=None,
-              axes=("data",), shape=(-1,)):
-    """``(step, state, mesh, data_sharding)`` on a mesh ``axes`` x ``shape`` over
-    ``devices`` (default: a ``data`` mesh over all of them)."""
-    devices = list(jax.devices() if devices is None else devices)  # tuple: cacheable
-    mesh = train_state.make_mesh(axes, shape, devices)
-    cfg = loss_config(method)
-    model = CLIP(presets.get_config("tiny"))
-    params = init_params(model, jax.random.key(0))
+def build_step(model, params, loss_cfg, mesh, loss_impl: str = "global", seed: int = 3):
+    """``(step, state)``: the project's jitted train step of ``model`` with SGD(lr=1) and
+    ``loss_cfg`` (``loss_impl``: "global" objective or the ``shard_map`` "local" one),
+    and its train state from ``params``, placed on ``mesh``."""
     tx = optax.sgd(1.0)
-    state = train_state.new_state(params, tx, seed=3)
+    state = train_state.new_state(params, tx, seed=seed)
     shardings = train_state.state_shardings(jax.eval_shape(lambda: state), mesh)
     state = jax.device_put(state, shardings)
     if loss_impl == "local":
         from gmm_jax.distributed_loss import local_objective
-        objective = local_objective(cfg, mesh, train_state.batch_axes(mesh))
+        objective = local_objective(loss_cfg, mesh, train_state.batch_axes(mesh))
     else:
-        objective = losses.build_objective(cfg)
-    step = train_state.make_train_step(model, objective, tx, cfg, 10, lambda s: 1.0, mesh,
-                                       shardings)
+        objective = losses.build_objective(loss_cfg)
+    step = train_state.make_train_step(model, objective, tx, loss_cfg, 10, lambda s: 1.0,
+                                       mesh, shardings)
+    return step, state
+
+
+def sgd_step_grads(step, state, batch, dtype=np.float32):
+    """``(grads as a parameter tree of NumPy ``dtype`` leaves, metrics)`` of one step of a
+    ``build_step`` step (SGD, lr 1: the gradient is ``params - new_params``)."""
+    before = jax.device_get(state["params"])
+    new, metrics = step(state, batch, np.int32(0))
+    grads = jax.tree.map(lambda a, b: np.asarray(a, dtype) - np.asarray(b, dtype), before,
+                         jax.device_get(new["params"]))
+    return grads, metrics
+
+
+def make_step(method: str = "m2mix", loss_impl: str = "global", devices=None,
+              axes=("data",), shape=(-1,)):
+    """``(step, state, mesh, data_sharding)`` of the tiny CLIP on a mesh ``axes`` x
+    ``shape`` over ``devices`` (default: a ``data`` mesh over all of them)."""
+    devices = list(jax.devices() if devices is None else devices)  # tuple: cacheable
+    mesh = train_state.make_mesh(axes, shape, devices)
+    model = CLIP(presets.get_config("tiny"))
+    step, state = build_step(model, init_params(model, jax.random.key(0)),
+                             loss_config(method), mesh, loss_impl)
     return step, state, mesh, train_state.batch_sharding(mesh)
 
 
@@ -76,8 +93,5 @@ def run_step(method: str, loss_impl: str, devices, **mesh):
     images, tokens = batch_arrays()
     batch = {"image": jax.device_put(images, data_sharding),
              "tokens": jax.device_put(tokens, data_sharding)}
-    params0 = jax.device_get(state["params"])
-    new, metrics = step(state, batch, np.int32(0))
-    grads = jax.tree.map(lambda a, b: np.asarray(a) - np.asarray(b), params0,
-                         jax.device_get(new["params"]))
+    grads, metrics = sgd_step_grads(step, state, batch)
     return float(metrics["loss/total"]), flat_leaves(grads), metrics

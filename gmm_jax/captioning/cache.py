@@ -17,6 +17,7 @@ import jax
 import numpy as np
 
 from gmm_jax import paths
+from gmm_jax.metrics import unit_rows
 
 log = logging.getLogger(__name__)
 
@@ -68,8 +69,7 @@ def embed_images(encode_image_fn: Callable, batches: Iterable[np.ndarray]) -> np
         out.append(f)
     if not out:
         raise ValueError("embed_images: no image batches")
-    f = np.concatenate(out)
-    return f / np.maximum(np.linalg.norm(f, axis=-1, keepdims=True), 1e-12)
+    return unit_rows(np.concatenate(out))
 
 
 def cache_file(cache_dir: str, fingerprint: str, split: str) -> str:

@@ -17,6 +17,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from gmm_jax.loss_kernels import l2_normalize
 from gmm_jax.models.layers import LayerNorm, Transformer
 
 
@@ -53,8 +54,7 @@ class Captioner(nn.Module):
         """(N, D) image embeddings -> (N, k, W) prefix token embeddings."""
         if emb.ndim != 2:
             raise ValueError(f"Captioner.prefix expects embeddings (N, D), got {emb.shape}")
-        emb = emb.astype(jnp.float32)
-        emb = emb / jnp.maximum(jnp.linalg.norm(emb, axis=-1, keepdims=True), 1e-12)
+        emb = l2_normalize(emb)
         h = jnp.tanh(self.map_hidden(emb))
         return self.map_out(h).reshape(emb.shape[0], self.prefix_length, self.width)
 

@@ -1,9 +1,12 @@
 """The demo: m2-Mix end to end on generated data, offline, on a CPU (docs/demo.md).
 
-    python train.py --config=configs/demo.py [--workdir=runs/demo] [--config.demo.runs=ft,m2mix,m3mix]
+    python train.py --config=configs/demo.py [--workdir=runs/demo] \
+        [--config.demo.runs=ft,m2mix,m3mix] [--config.demo.pretrain.rebuild=True]
 
-1. pre-trains a small CLIP from scratch on the demo's ``source_train`` split (CLIP loss,
-   learned temperature; ``config.demo.pretrain``), in WORKDIR/pretrain (reused later);
+1. loads the shipped pre-trained demo CLIP (gmm_jax/assets/demo_clip, made by
+   experiments/make_demo_model.py: a small CLIP trained from scratch on the demo's
+   ``source_train`` split with the CLIP loss and a learned temperature), or with
+   ``config.demo.pretrain.rebuild=True`` trains it again (``config.demo.pretrain``);
 2. fine-tunes it on ``target_train`` once per run of ``config.demo.runs`` (``ft`` = CLIP
    loss, ``m2mix`` = + the m2-Mix term, ...; see ``gmm_jax.demo_flow.RECIPES``), each in
    WORKDIR/<run>, with the settings of this config (below);
@@ -17,10 +20,11 @@ one ordinary run.
 """  # noqa: E501 (the command line above is kept whole)
 from gmm_jax.configs import default
 
-# The model (from scratch) is the "demo" preset made cheaper for a 2-core CPU: 32 px
-# images in 8 px patches, width 64, 4+4 layers, 64-d embeddings, 24 text tokens.
-_MODEL = dict(patch_size=8, vision_width=64, vision_mlp_dim=256, text_width=64,
-              text_mlp_dim=256, embed_dim=64, context_length=24)
+# The model: the "demo" preset made cheaper for a 2-core CPU: the 64 px scenes at 48 px in
+# 8 px patches (36 tokens), width 96, 4 image + 3 text layers, 96-d embeddings, 32 text
+# tokens.
+_MODEL = dict(image_size=48, patch_size=8, vision_width=96, vision_mlp_dim=384,
+              text_width=96, text_mlp_dim=384, text_layers=3, embed_dim=96)
 
 
 def get_config():
@@ -43,7 +47,7 @@ def get_config():
     config.loss.temperature = "fixed"
     config.batch_size = 128
     config.num_epochs = 3
-    config.optim.lr = 1e-4
+    config.optim.lr = 3e-4
     config.optim.weight_decay = 0.1
     config.log_every_steps = 20
     config.checkpoint_every_steps = 200

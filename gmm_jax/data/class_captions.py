@@ -27,9 +27,10 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
+from gmm_jax.config_access import config_get
 from gmm_jax.data import class_names as cn
 from gmm_jax.data import demo
-from gmm_jax.data.sources import Source, cfg_get
+from gmm_jax.data.sources import Source
 
 NAME = "class_captions"
 DEFAULT_SPLITS = ("train", "validation")
@@ -37,10 +38,10 @@ DEFAULT_SPLITS = ("train", "validation")
 
 def _builder(dataset: str, data_cfg):
     if dataset == "gmm_demo":
-        return demo.builder(cfg_get(data_cfg, "data_dir"), cfg_get(data_cfg, "demo_config",
+        return demo.builder(config_get(data_cfg, "data_dir"), config_get(data_cfg, "demo_config",
                                                                    "default"))
     try:
-        return tfds.builder(dataset, data_dir=cfg_get(data_cfg, "data_dir"))
+        return tfds.builder(dataset, data_dir=config_get(data_cfg, "data_dir"))
     except Exception as e:  # TFDS raises DatasetNotFoundError and friends
         raise ValueError(f"config.data.class_captions.dataset={dataset!r}: not a TFDS "
                          f"dataset ({type(e).__name__}: {e})") from e
@@ -79,8 +80,8 @@ def caption_table(class_names: Sequence[str], templates: Sequence[str]) -> np.nd
 def make_source(data_cfg) -> tuple[Source, tfds.download.DownloadConfig | None]:
     """The source for ``config.data`` (not prepared) and the download config that
     ``download_and_prepare`` needs (``manual_dir`` for ImageNet)."""
-    cc = cfg_get(data_cfg, NAME)
-    dataset = cfg_get(cc, "dataset") if cc is not None else None
+    cc = config_get(data_cfg, NAME)
+    dataset = config_get(cc, "dataset") if cc is not None else None
     if not dataset:
         raise ValueError("config.data.name='class_captions' needs "
                          "config.data.class_captions.dataset (a TFDS classification set)")
@@ -91,8 +92,8 @@ def make_source(data_cfg) -> tuple[Source, tfds.download.DownloadConfig | None]:
             raise ValueError(f"config.data.class_captions.dataset={dataset!r} has no {key!r} "
                              f"feature (features: {list(features.keys())})")
     names, templates = default_names_and_templates(dataset, builder)
-    names = tuple(cfg_get(cc, "class_names", ()) or names)
-    templates = tuple(cfg_get(cc, "templates", ()) or templates)
+    names = tuple(config_get(cc, "class_names", ()) or names)
+    templates = tuple(config_get(cc, "templates", ()) or templates)
     num_classes = int(features["label"].num_classes)
     if len(names) != num_classes:
         raise ValueError(f"config.data.class_captions.class_names: {len(names)} names for the "
@@ -102,6 +103,6 @@ def make_source(data_cfg) -> tuple[Source, tfds.download.DownloadConfig | None]:
     def captions(ex):
         return tf.gather(table, tf.cast(ex["label"], tf.int32))
 
-    manual_dir = cfg_get(data_cfg, "manual_dir")
+    manual_dir = config_get(data_cfg, "manual_dir")
     dl = tfds.download.DownloadConfig(manual_dir=manual_dir) if manual_dir else None
     return Source(NAME, builder, captions), dl

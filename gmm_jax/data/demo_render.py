@@ -1,9 +1,13 @@
 """Synthetic captioned scenes for the demo dataset (pure NumPy/PIL, deterministic).
 
-A scene is one or two identical objects (shape, colour, size, style) at a position on a
-background. ``sample_scene(rng, split)`` draws the attributes allowed in a split,
-``render_scene(scene)`` draws the 64x64 RGB image and ``captions(scene, rng)`` writes
-five paraphrased captions that mention the true shape, colour, size and position.
+A scene is one or two identical objects (shape, colour, size, style) at one of nine
+positions on a background. ``sample_scene(rng, split)`` draws the attributes allowed in a
+split, ``render_scene(scene)`` draws the 64x64 RGB image and ``captions(scene, rng,
+train)`` writes its captions. Every scene has five full captions (distinct templates, each
+naming shape, colour, size, position, background; count and style when they apply): the
+retrieval queries of the test splits. Training splits add three captions of less detail,
+as web captions come: one leaves one or two attributes out, one names the shape and its
+colour, one only the shape (like the zero-shot prompts). No caption names anything false.
 """
 from __future__ import annotations
 
@@ -14,15 +18,20 @@ IMAGE_SIZE = 64
 _SS = 2  # supersampling factor for antialiased masks
 
 SHAPES = ("circle", "square", "triangle", "diamond", "star", "cross", "hexagon", "crescent")
-COLOURS = ("red", "green", "blue", "yellow", "purple", "orange", "white", "black")
+COLOURS = ("red", "green", "blue", "yellow", "purple", "orange", "white", "black", "pink",
+           "cyan", "brown")
 _COLOUR_RGB = np.array([(220, 30, 30), (30, 160, 50), (35, 70, 225), (240, 215, 30),
-                        (140, 45, 185), (250, 130, 20), (245, 245, 245), (15, 15, 15)],
-                       np.float32)
-SIZES = ("small", "large")
-_RADIUS = (7.0, 13.0)
-POSITIONS = ("left", "right", "top", "bottom", "center")
-_POS_XY = ((16, 32), (48, 32), (32, 16), (32, 48), (32, 32))
-_POS_PHRASE = ("on the left", "on the right", "at the top", "at the bottom", "in the center")
+                        (140, 45, 185), (250, 130, 20), (245, 245, 245), (15, 15, 15),
+                        (255, 120, 200), (30, 215, 225), (115, 60, 20)], np.float32)
+SIZES = ("small", "medium", "large")
+_RADIUS = (7.0, 10.0, 13.0)
+# A 3x3 grid; enough attribute combinations that most test captions are unique.
+POSITIONS = ("top-left", "top", "top-right", "left", "center", "right", "bottom-left",
+             "bottom", "bottom-right")
+_POS_XY = tuple((x, y) for y in (14, 32, 50) for x in (14, 32, 50))
+_POS_PHRASE = ("in the top-left corner", "at the top", "in the top-right corner",
+               "on the left", "in the center", "on the right", "in the bottom-left corner",
+               "at the bottom", "in the bottom-right corner")
 BACKGROUNDS = ("plain", "gradient", "stripes", "checker", "noise", "dots")
 _BG_ADJ = ("plain", "gradient", "striped", "checkered", "noisy", "dotted")
 STYLES = ("filled", "outlined")
@@ -39,8 +48,8 @@ HELD_OUT_COMBOS = frozenset((s, (3 * s + 2) % len(COLOURS)) for s in range(len(S
 
 # Per split: allowed backgrounds, styles, counts, and which colour-shape combos.
 SPLIT_RULES = {
-    "source_train": dict(backgrounds=(0, 1), styles=(0,), counts=(1,), combos="seen"),
-    "source_test": dict(backgrounds=(0, 1), styles=(0,), counts=(1,), combos="seen"),
+    "source_train": dict(backgrounds=(0, 1), styles=(0, 1), counts=(1,), combos="seen"),
+    "source_test": dict(backgrounds=(0, 1), styles=(0, 1), counts=(1,), combos="seen"),
     "target_train": dict(backgrounds=(2, 3), styles=(0, 1), counts=(1, 2), combos="seen"),
     "target_test": dict(backgrounds=(2, 3), styles=(0, 1), counts=(1, 2), combos="seen"),
     "shift_background": dict(backgrounds=(4, 5), styles=(0, 1), counts=(1, 2), combos="seen"),
@@ -132,16 +141,21 @@ def _shape_mask(draw: ImageDraw.ImageDraw, shape: str, cx: float, cy: float, r: 
 
 def object_centres(scene: dict) -> list[tuple[float, float, float]]:
     """(cx, cy, radius) of each object, in 64-pixel image coordinates."""
-    r = _RADIUS[scene["size"]] + scene["jitter"][0]
+    r = _RADIUS[scene["size"]] + 0.7 * scene["jitter"][0]
     px, py = _POS_XY[scene["position"]]
-    px, py = px + 2.5 * scene["jitter"][1], py + 2.5 * scene["jitter"][2]
+    px, py = px + 2.0 * scene["jitter"][1], py + 2.0 * scene["jitter"][2]
     if scene["count"] == 1:
         return [(px, py, r)]
-    # Two objects side by side along the axis that keeps them inside their region.
-    gap = r + 1.0
+    # Two smaller objects side by side (vertically in the left/right columns, else
+    # horizontally), kept inside the image.
+    r2 = 0.75 * r
+    gap = r2 + 1.0
+    lo, hi = r2 + 1.0, 63.0 - r2
     if POSITIONS[scene["position"]] in ("left", "right"):
-        return [(px, 32 - gap, r), (px, 32 + gap, r)]
-    return [(32 - gap, py, r), (32 + gap, py, r)]
+        py = float(np.clip(py, lo + gap, hi - gap))
+        return [(px, py - gap, r2), (px, py + gap, r2)]
+    px = float(np.clip(px, lo + gap, hi - gap))
+    return [(px - gap, py, r2), (px + gap, py, r2)]
 
 
 def _erode(mask: np.ndarray, k: int) -> np.ndarray:
@@ -177,37 +191,62 @@ def _plural(shape: str) -> str:
     return shape + ("es" if shape.endswith("s") else "s")
 
 
-_TEMPLATES = (
-    "{a} {obj} {pos}.",
-    "a photo of {a} {obj} {pos}.",
+# Full captions name every attribute.
+_FULL = (
     "{a} {obj} {pos} on a {bg} background.",
-    "there {is} {a} {obj} {pos}.",
-    "{pos_cap}, {a} {obj}.",
+    "a photo of {a} {obj} {pos}, on a {bg} background.",
+    "there {is} {a} {obj} {pos} of a {bg} background.",
+    "{pos_cap}, {a} {obj} on a {bg} background.",
     "an image with {a} {obj} {pos}, drawn on a {bg} background.",
-    "{a} {obj} {sits} {pos}.",
-    "a picture showing {a} {obj} placed {pos}.",
     "a {bg} background with {a} {obj} {pos}.",
+    "a picture showing {a} {obj} placed {pos} on a {bg} background.",
 )
+# Short captions: like the zero-shot prompts (demo.TEMPLATES), the shape and maybe colour.
+_SHORT = ("{a} {obj}.", "a photo of {a} {obj}.", "a drawing of {a} {obj}.",
+          "an image of {a} {obj}.", "a picture with {a} {obj}.")
 NUM_CAPTIONS = 5
+_OPTIONAL = ("colour", "size", "position", "background")
 
 
-def captions(scene: dict, rng: np.random.Generator) -> list[str]:
-    """Five paraphrased captions (distinct templates) naming shape, colour, size, position."""
+def _caption(scene: dict, keep: set, template: str) -> str:
     shape = SHAPES[scene["shape"]]
     two = scene["count"] == 2
-    style = "outlined " if STYLES[scene["style"]] == "outlined" else ""
-    obj = f"{SIZES[scene['size']]} {style}{COLOURS[scene['colour']]} " + (
-        _plural(shape) if two else shape)
-    pos = _POS_PHRASE[scene["position"]]
-    fields = dict(a="two" if two else "a", obj=obj, pos=pos, pos_cap=pos[0].upper() + pos[1:],
-                  bg=_BG_ADJ[scene["background"]], sits="sit" if two else "sits",
-                  **{"is": "are" if two else "is"})
-    chosen = rng.choice(len(_TEMPLATES), NUM_CAPTIONS, replace=False)
-    return [_TEMPLATES[t].format(**fields) for t in chosen]
+    words = [SIZES[scene["size"]]] if "size" in keep else []
+    words += ["outlined"] if STYLES[scene["style"]] == "outlined" and "size" in keep else []
+    words += [COLOURS[scene["colour"]]] if "colour" in keep else []
+    obj = " ".join(words + [_plural(shape) if two else shape])
+    pos = _POS_PHRASE[scene["position"]] if "position" in keep else ""
+    art = "two" if two else ("an" if obj[0] in "aeiou" else "a")
+    text = template.format(a=art, obj=obj, pos=pos, pos_cap=pos[:1].upper() + pos[1:],
+                           bg=_BG_ADJ[scene["background"]], **{"is": "are" if two else "is"})
+    if "background" not in keep:
+        for cut in (" on a {} background", " of a {} background", ", drawn on a {} background"):
+            text = text.replace(cut.format(_BG_ADJ[scene["background"]]), "")
+        text = text.replace("a {} background with ".format(_BG_ADJ[scene["background"]]), "")
+    text = " ".join(text.split()).replace(" ,", ",").replace(",.", ".")
+    return text[:1].lower() + text[1:] if text[:1].isupper() and pos == "" else text
+
+
+def captions(scene: dict, rng: np.random.Generator, train: bool = False) -> list[str]:
+    """Five full captions (distinct templates); with ``train`` three more of less detail:
+    1-2 of colour/size/position/background left out, shape and colour, shape only."""
+    full = rng.choice(len(_FULL), NUM_CAPTIONS, replace=False)
+    out = [_caption(scene, set(_OPTIONAL), _FULL[t]) for t in full]
+    if train:
+        drop = rng.choice(len(_OPTIONAL), int(rng.integers(1, 3)), replace=False)
+        keep = set(_OPTIONAL) - {_OPTIONAL[d] for d in drop}
+        if "position" not in keep and "background" not in keep:
+            keep.add("background")  # a template needs one of them to read well
+        out.append(_caption(scene, keep, _FULL[rng.integers(len(_FULL))]))
+        short = rng.choice(len(_SHORT), 2, replace=False)
+        out.append(_caption(scene, {"colour"}, _SHORT[short[0]]))
+        out.append(_caption(scene, set(), _SHORT[short[1]]))
+    return out
 
 
 def make_example(split: str, index: int, seed: int = 0) -> dict:
     """Deterministic example ``index`` of ``split``: scene attributes, image and captions."""
     rng = np.random.default_rng([seed, SPLIT_IDS[split], index])
     scene = sample_scene(rng, split)
-    return dict(scene=scene, image=render_scene(scene), captions=captions(scene, rng))
+    return dict(scene=scene, image=render_scene(scene),
+                captions=captions(scene, rng, train=split.endswith("_train")))

@@ -17,8 +17,9 @@ import jax
 import numpy as np
 import tensorflow as tf
 
+from gmm_jax.config_access import config_get
 from gmm_jax.data import preprocess
-from gmm_jax.data.sources import Source, cfg_get, get_source
+from gmm_jax.data.sources import Source, get_source
 
 _SEED_MOD = 2**31 - 1
 
@@ -203,15 +204,15 @@ def make_train_iterator(data_cfg, tokenizer, image_size: int, global_batch_size:
     the global batch; ``state``: a dict from ``get_state()`` to resume from.
     """
     source = source or get_source(data_cfg)
-    split = source.check_split(cfg_get(data_cfg, "train_split", source.default_splits[0]),
+    split = source.check_split(config_get(data_cfg, "train_split", source.default_splits[0]),
                                "config.data.train_split")
     return TrainIterator(
         source, split, tokenizer, image_size, global_batch_size, seed,
         sharding=sharding, state=state,
-        caption_mode=cfg_get(data_cfg, "caption_mode", "first"),
-        augment=bool(cfg_get(data_cfg, "augment", False)),
-        shuffle_buffer=int(cfg_get(data_cfg, "shuffle_buffer", 10_000)),
-        context_length=int(context_length or cfg_get(data_cfg, "context_length", 77)),
-        augment_scale_min=float(cfg_get(data_cfg, "augment_scale_min", 0.9)),
-        random_flip=bool(cfg_get(data_cfg, "random_flip", True)),
+        caption_mode=config_get(data_cfg, "caption_mode", "first"),
+        augment=bool(config_get(data_cfg, "augment", False)),
+        shuffle_buffer=int(config_get(data_cfg, "shuffle_buffer", 10_000)),
+        context_length=int(context_length or config_get(data_cfg, "context_length", 77)),
+        augment_scale_min=float(config_get(data_cfg, "augment_scale_min", 0.9)),
+        random_flip=bool(config_get(data_cfg, "random_flip", True)),
         process_index=process_index, process_count=process_count)

@@ -6,9 +6,10 @@ import logging
 import numpy as np
 import tensorflow as tf
 
+from gmm_jax.config_access import config_get
 from gmm_jax.data import preprocess
 from gmm_jax.data.pipeline import tokenize_batch
-from gmm_jax.data.sources import Source, cfg_get, get_source
+from gmm_jax.data.sources import Source, get_source
 
 
 class RetrievalSplit:
@@ -63,12 +64,12 @@ def load_retrieval_split(data_cfg, split: str | None, tokenizer, image_size: int
                          source: Source | None = None) -> RetrievalSplit:
     """Retrieval split ``split`` (default ``config.data.eval_split``) of ``config.data``."""
     source = source or get_source(data_cfg)
-    explicit = split or cfg_get(data_cfg, "eval_split")
+    explicit = split or config_get(data_cfg, "eval_split")
     split = source.check_split(explicit or source.default_splits[1],
                                "split" if split else "config.data.eval_split")
     if not explicit and split == source.default_splits[0]:
         logging.warning("evaluating on the training split %r of %s: give config.data."
                         "files_path a directory with train.jsonl and test.jsonl (or set "
                         "config.data.eval_split) for held-out results", split, source.name)
-    L = int(context_length or cfg_get(data_cfg, "context_length", 77))
+    L = int(context_length or config_get(data_cfg, "context_length", 77))
     return RetrievalSplit(source, split, tokenizer, image_size, L)

@@ -18,12 +18,13 @@ host needs are decoded. Sources (``config.data.name``):
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable
+from typing import Callable
 
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from gmm_jax import paths
+from gmm_jax.config_access import config_get
 from gmm_jax.data import demo, flickr30k, image_text_files
 
 SOURCES = ("coco", "flickr30k", "image_text_files", "demo", "class_captions")
@@ -35,18 +36,6 @@ DEFAULT_SPLITS = {  # (train, eval)
     "class_captions": ("train", "validation"),  # data/class_captions.py
 }
 DEMO_EXTRAS = ("label", "shape", "colour", "size", "position", "background", "style", "count")
-
-
-def cfg_get(cfg: Any, key: str, default=None):
-    """``cfg.key`` for a ConfigDict/dict/namespace, ``default`` if absent or None."""
-    if isinstance(cfg, dict):
-        value = cfg.get(key, default)
-    else:
-        try:
-            value = getattr(cfg, key)
-        except (AttributeError, KeyError):
-            value = default
-    return default if value is None else value
 
 
 @dataclasses.dataclass
@@ -127,31 +116,31 @@ def _captions_coco(ex):
 
 def get_source(data_cfg, prepare: bool = True) -> Source:
     """Build (and, with ``prepare``, download/generate) the source named by ``data_cfg``."""
-    name = cfg_get(data_cfg, "name")
-    data_dir = cfg_get(data_cfg, "data_dir")
+    name = config_get(data_cfg, "name")
+    data_dir = config_get(data_cfg, "data_dir")
     download_config = None
     if name == "coco":
         b = tfds.builder("coco_captions", data_dir=data_dir)
         src = Source(name, b, _captions_coco)
     elif name == "flickr30k":
-        manual_dir = cfg_get(data_cfg, "manual_dir")
-        b = flickr30k.builder(data_dir, bool(cfg_get(data_cfg, "fail_on_bad_image", False)))
+        manual_dir = config_get(data_cfg, "manual_dir")
+        b = flickr30k.builder(data_dir, bool(config_get(data_cfg, "fail_on_bad_image", False)))
         if prepare and not b.is_prepared():  # clear error before TFDS's generic one
             flickr30k.check_manual_dir(manual_dir)
         download_config = tfds.download.DownloadConfig(manual_dir=manual_dir)
         src = Source(name, b, _captions_sequence)
     elif name == "image_text_files":
-        files_path = cfg_get(data_cfg, "files_path")
+        files_path = config_get(data_cfg, "files_path")
         if not files_path:
             raise ValueError("config.data.name='image_text_files' needs config.data.files_path "
                              "(a JSONL/CSV file, or a directory of <split>.jsonl/.csv files)")
-        b = image_text_files.builder(files_path, cfg_get(data_cfg, "images_dir"), data_dir,
-                                     bool(cfg_get(data_cfg, "fail_on_bad_image", False)))
+        b = image_text_files.builder(files_path, config_get(data_cfg, "images_dir"), data_dir,
+                                     bool(config_get(data_cfg, "fail_on_bad_image", False)))
         single = paths.isfile(files_path)  # one file: evaluate on it too, as before
         src = Source(name, b, _captions_sequence,
                      default_splits=("train", "train") if single else None)
     elif name == "demo":
-        b = demo.builder(data_dir, cfg_get(data_cfg, "demo_config", "default"))
+        b = demo.builder(data_dir, config_get(data_cfg, "demo_config", "default"))
         src = Source(name, b, _captions_sequence, DEMO_EXTRAS)
     elif name == "class_captions":  # a classification set as templated class names
         from gmm_jax.data import class_captions

@@ -15,6 +15,7 @@ from typing import Any, Iterator
 import numpy as np
 
 from gmm_jax import metrics, paths
+from gmm_jax.config_access import config_get
 from gmm_jax.evaluators.base import DataMissing, EvalError
 
 log = logging.getLogger("gmm_jax.eval_lib")
@@ -100,10 +101,7 @@ class EvalContext:
 
     # -- config.data ---------------------------------------------------------
     def data_field(self, key: str, default=None):
-        from gmm_jax.data.sources import cfg_get
-        cfg = self.config
-        data = cfg.get("data") if hasattr(cfg, "get") else getattr(cfg, "data", None)
-        return cfg_get(data, key, default) if data is not None else default
+        return config_get(config_get(self.config, "data"), key, default)
 
     @property
     def is_demo(self) -> bool:
