@@ -46,6 +46,10 @@ RECIPES = {
     "m2mix_c05": {"method": "m2mix", "c_m2": 0.05},  # the largest c_m2 of the paper's sweep
     "m3mix": {"method": "m3mix"},  # beta_m2 defaults to the reference's m3mix value, 0.2
     "cua": {"method": "cua"},
+    "cuaxu": {"method": "cuaxu"},
+    # Modality swapping: half the pairs, each coordinate exchanged with probability 1/2.
+    # A protocol choice fixed before any swap run (the paper's rate is not used here).
+    "ft_swap": {"method": "clip", "swap": "hard", "swap_p": 0.5},
     "ft_tsched": {"method": "clip", "temperature": "schedule"},
     "m2mix_tsched": {"method": "m2mix", "temperature": "schedule"},
 }

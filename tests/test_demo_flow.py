@@ -15,6 +15,7 @@ import sys
 import pytest
 
 from gmm_jax import demo_flow, train_lib
+from gmm_jax.loss_spec import LossSpec
 from tests.demo_tiny_config import demo_config as _demo_config
 from tests.demo_tiny_config import get_config as tiny_demo_config
 
@@ -171,6 +172,10 @@ def test_demo_section_validation():
                 demo_flow.finetune_config(config, "m2mix", "/tmp/model", 0.05)):
         assert "demo" not in cfg
         train_lib.validate_config(cfg)
+    for name, recipe in demo_flow.RECIPES.items():  # every recipe is a valid config
+        cfg = demo_flow.finetune_config(config, name, "/tmp/model", None)
+        assert {k: cfg.loss[k] for k in recipe} == recipe, name
+        LossSpec.from_config(cfg.loss)
     with pytest.raises(ValueError, match="unknown config key"):
         train_lib.validate_config(config)  # the demo section itself is not a train config
     config.log_every_steps = 0  # a stage config error names the stage and the key
