@@ -197,7 +197,7 @@ def captioning_stage(config, workdir: str, stages: dict, markers: dict,
     """Train and score a captioner on each model's frozen image embeddings of
     ``train_split`` / the eval split, once per seed, same budget for every model.
     Returns ``captioning.json``'s content (see docs/demo.md), reused when unchanged."""
-    from gmm_jax import checkpointing
+    from gmm_jax import wise_ft
     from gmm_jax.captioning import (
         cached_image_embeddings,
         captioning_from_embeddings,
@@ -218,7 +218,7 @@ def captioning_stage(config, workdir: str, stages: dict, markers: dict,
     data_key = hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:8]
     splits, runs, hyps = None, {}, {}
     for n in names:
-        model, params, tok, _, _ = checkpointing.load_run(stages[n]["dir"])
+        model, params, tok = wise_ft.load_model(stages[n]["dir"])  # run or model dir
         if splits is None:  # every model shares the pre-trained model's tokenizer
             size = model.config.image_size
             splits = {r: _split(config.data, s, tok, size)

@@ -343,6 +343,17 @@ def shipped_pretrained(eval_dir: str) -> tuple[str, float, dict]:
     return model_dir, tau, stage
 
 
+def shipped_marker(model_dir: str) -> dict:
+    """A stage marker for a model directory (the shipped model), so later stages key
+    their reuse on it as on a trained stage: its recorded metrics and config identify
+    it (remaking the model changes both)."""
+    from gmm_jax import demo_model, pretrained
+    parts = [fs.read_json_or_none(fs.join(model_dir, f)) for f in
+             (demo_model.METRICS_FILE, pretrained.CONFIG_FILE)]
+    return {"fingerprint": json.dumps(parts, sort_keys=True), "done": True,
+            "step": int((parts[0] or {}).get("step") or 0)}
+
+
 # --------------------------------------------------------------------------- report
 
 def write_report(workdir: str, eval_dirs: dict, meta: dict,
@@ -495,6 +506,7 @@ def run(config, workdir: str, command: str = "") -> dict:
         eval_dir = fs.join(config.demo.pretrain_dir if config.demo.pretrain_dir else
                            fs.join(workdir, PRETRAINED), "eval")
         model_dir, tau_p, stages[PRETRAINED] = shipped_pretrained(eval_dir)
+        markers[PRETRAINED] = shipped_marker(model_dir)
     print(f"pre-trained model: {model_dir} (learned tau {tau_p:.4f}, scale {1 / tau_p:.1f})",
           flush=True)
 
@@ -511,7 +523,7 @@ def run(config, workdir: str, command: str = "") -> dict:
     _banner(f"[{2 + len(names)}/{n_stages}] evaluating {[PRETRAINED] + names} on "
             f"{ecfg.data.eval_split} and the shifted splits")
     for name in [PRETRAINED] + names:
-        if name in markers:
+        if not stages[name].get("shipped"):
             eval_dirs[name] = evaluate_stage(ecfg, stages[name]["dir"], markers[name], mesh,
                                              name)
         else:  # the shipped model

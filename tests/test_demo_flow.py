@@ -253,6 +253,43 @@ def test_captioning_equals_the_library_on_the_same_embeddings(demo_run):
     assert "## Captioning on frozen image embeddings" in md and "`captioning/cider`" in md
 
 
+def test_a_model_directory_as_the_pretrained_model(demo_run, tmp_path):
+    """The default demo loads a shipped model *directory*, not a run: WiSE-FT and
+    captioning take it as the pre-trained end and give what they gave with the run whose
+    export it is (the default demo once crashed here: no stage marker for it)."""
+    import shutil
+
+    from gmm_jax import demo_extras, demo_model
+    config, workdir, out = demo_run
+    shipped = str(tmp_path / "shipped")
+    shutil.copytree(os.path.join(workdir, "pretrain", demo_flow.MODEL_DIR), shipped)
+    with open(os.path.join(workdir, "pretrain", demo_flow.STAGE_MARKER)) as f:
+        step = json.load(f)["step"]
+    with open(os.path.join(shipped, demo_model.METRICS_FILE), "w") as f:
+        json.dump({"tau": out["runs"]["pretrained"]["calibration/scale"] ** -1,
+                   "step": step}, f)
+    marker = demo_flow.shipped_marker(shipped)
+    assert marker["step"] == step and demo_flow.shipped_marker(shipped) == marker
+    with open(os.path.join(workdir, "ft", demo_flow.STAGE_MARKER)) as f:
+        markers = {"pretrained": marker, "ft": json.load(f)}
+    stages = {"pretrained": {"dir": shipped, "shipped": True},
+              "ft": {"dir": os.path.join(workdir, "ft")}}
+    eval_dirs = {"pretrained": os.path.join(workdir, "pretrain", "eval"),
+                 "ft": os.path.join(workdir, "ft", "eval")}
+    wise = demo_extras.wise_ft_stage(config, str(tmp_path), stages, markers, ["ft"],
+                                     demo_flow._mesh(), eval_dirs)
+    for got, want in zip(wise["metrics"]["ft"], out["wise_ft"]["metrics"]["ft"]):
+        assert got == pytest.approx(want, rel=1e-5, abs=1e-6)
+    cap = demo_extras.captioning_stage(config, str(tmp_path), stages, markers,
+                                       ["pretrained", "ft"])
+    for name in ("pretrained", "ft"):
+        for got, want in zip(cap["runs"][name]["per_seed"],
+                             out["captioning"]["runs"][name]["per_seed"]):
+            scores = [k for k in want if k.startswith("captioning/") and "seconds" not in k]
+            assert scores and {k: got[k] for k in scores} == pytest.approx(
+                {k: want[k] for k in scores}, rel=1e-5, abs=1e-6), name
+
+
 def test_wise_ft_ends_default_to_the_models_own_evaluations(tmp_path):
     """Without reevaluate_ends the alpha = 0 / 1 rows are the pre-trained model's and the
     run's eval/metrics.json, on the keys of the interpolated rows."""
