@@ -19,6 +19,8 @@ values}``, ``vs_ft.<run>.<metric> = {mean, lo, hi, n, excludes_zero}``: the pair
 per-seed difference with ft and its 95% Student-t interval, see
 ``gmm_jax.paired_stats``), ``sweep_report.md`` (one table per headline metric) and
 ``sweep_<metric>.png`` (one figure per headline metric: mean ± std over seeds per cell).
+With the demo's captioning stage on, ``--metrics`` may name ``captioning/*`` keys (each
+run's captioner, mean over ``config.demo.captioning.seeds``).
 """
 from __future__ import annotations
 
@@ -145,6 +147,13 @@ def _read(path):
         return json.load(f)
 
 
+def run_metrics(report: dict, run: str) -> dict:
+    """A run's flat metrics in a demo report: its evaluation and, when the captioning stage
+    ran, its captioners' scores (``captioning/*``, the mean over captioner seeds)."""
+    captioning = ((report.get("captioning") or {}).get("runs") or {}).get(run) or {}
+    return {**report["runs"][run], **captioning.get("mean", {})}
+
+
 def aggregate(results: dict, metrics: list[str], baseline: str = BASELINE) -> dict:
     """Per cell: mean/std over seeds per run and metric, and each run's paired difference
     with ``baseline`` with its 95% t interval."""
@@ -157,8 +166,8 @@ def aggregate(results: dict, metrics: list[str], baseline: str = BASELINE) -> di
         runs = list(by_seed[seeds[0]]["runs"])
         cell = {"runs": {}, "vs_" + baseline: {}}
         for r in runs:
-            vals = {k: [by_seed[s]["runs"][r][k] for s in seeds] for k in metrics
-                    if all(k in by_seed[s]["runs"][r] for s in seeds)}
+            flat = [run_metrics(by_seed[s], r) for s in seeds]
+            vals = {k: [m[k] for m in flat] for k in metrics if all(k in m for m in flat)}
             cell["runs"][r] = {k: {"mean": float(np.mean(v)),
                                    "std": float(np.std(v, ddof=1)) if len(v) > 1 else 0.0,
                                    "values": [float(x) for x in v]} for k, v in vals.items()}

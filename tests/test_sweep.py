@@ -79,3 +79,23 @@ def test_runs_each_cell_once_resumes_and_reports(tmp_path):
     assert f"[{ref.low:+.3g}, {ref.high:+.3g}]" in row and "## Cell `c_m2=0.05`" in md
     for m in METRICS:
         assert os.path.getsize(out["figures"][m]) > 1000
+
+
+def test_captioning_scores_are_run_metrics():
+    """With the demo's captioning stage on, each run's captioner mean joins its metrics
+    (and is aggregated over fine-tuning seeds like any other key)."""
+    def report(seed):
+        rep = _fake_report({"loss.c_m2": 0.01}, seed)
+        rep["captioning"] = {"runs": {r: {"mean": {"captioning/cider": 1.0 + i + 0.1 * seed},
+                                          "per_seed": []}
+                                      for i, r in enumerate(("pretrained", "ft", "m2mix"))}}
+        return rep
+    results = {"c": {s: report(s) for s in range(3)}}
+    assert sweep.run_metrics(results["c"][1], "ft") == {
+        **results["c"][1]["runs"]["ft"], "captioning/cider": pytest.approx(2.1)}
+    assert sweep.run_metrics(_fake_report({"loss.c_m2": 0.01}, 0), "ft") == \
+        _fake_report({"loss.c_m2": 0.01}, 0)["runs"]["ft"]  # no captioning stage
+    cell = sweep.aggregate(results, METRICS + ["captioning/cider"])["c"]
+    assert cell["runs"]["m2mix"]["captioning/cider"]["values"] == pytest.approx([3.0, 3.1, 3.2])
+    diff = cell["vs_ft"]["m2mix"]["captioning/cider"]
+    assert (diff["mean"], diff["lo"], diff["hi"]) == pytest.approx((1.0, 1.0, 1.0))
