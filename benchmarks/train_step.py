@@ -506,8 +506,8 @@ def breakdown(preset, dtype, method, batch, steps):
             return vjp(g)[0]
         d = parts["mcfg"].embed_dim
         g = jax.device_put(jnp.ones((batch, d), jnp.float32) / batch, rows_sh)
-        fn = jax.jit(fwd_bwd).lower(holder["state"]["params"], x, g).compile()
-        return lambda: jax.block_until_ready(fn(holder["state"]["params"], x, g))
+        fn = jax.jit(fwd_bwd).lower(holder["state"].params, x, g).compile()
+        return lambda: jax.block_until_ready(fn(holder["state"].params, x, g))
 
     d = parts["mcfg"].embed_dim
     key = jax.random.key(0)
@@ -523,14 +523,14 @@ def breakdown(preset, dtype, method, batch, steps):
         import optax
         updates, opt_state = tx.update(params, opt_state, params)  # params as "gradients"
         return optax.apply_updates(params, updates), opt_state
-    upd = jax.jit(update).lower(holder["state"]["params"], holder["state"]["opt_state"]).compile()
+    upd = jax.jit(update).lower(holder["state"].params, holder["state"].opt_state).compile()
     runs = {
         "whole step": run_step,
         "image tower fwd+bwd": tower(CLIP.encode_image, data["image"]),
         "text tower fwd+bwd": tower(CLIP.encode_text, data["tokens"]),
         f"loss fwd+bwd ({method}, on embeddings)": lambda: jax.block_until_ready(loss(*emb)),
         "optimiser update": lambda: jax.block_until_ready(
-            upd(holder["state"]["params"], holder["state"]["opt_state"])),
+            upd(holder["state"].params, holder["state"].opt_state)),
     }
     seconds = time_interleaved(list(runs.values()), steps)
     return {name: 1e3 * s for name, s in zip(runs, seconds)}

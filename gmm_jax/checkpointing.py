@@ -2,7 +2,8 @@
 
 Each step directory holds three items:
 
-    state/   params, opt_state, step, rng (Orbax PyTree; restored with the target sharding)
+    state/   train_state.TrainState: params, opt_state, step, rng (Orbax PyTree, by field
+             name; restored with the target sharding)
     data/    the input iterator's position (JSON: {"epoch", "step_in_epoch"})
     config/  the run's config (JSON), so a checkpoint describes itself
 

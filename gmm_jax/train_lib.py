@@ -348,14 +348,14 @@ def _train(config, workdir, latest, mesh, ckpt, sigterm, lead):
                                           shardings, embed_chunks=int(config.embed_chunks))
     scale_fn, _ = train_state.temperature_fns(config.loss, total)
 
-    start = int(jax.device_get(state["step"]))
+    start = int(jax.device_get(state.step))
     logger = _Logger(workdir, total, start, int(config.batch_size), lead,
                      bool(config.progress_bar))
     last_metrics, step, stopping, last_saved = {}, start, False, latest
     ok, first_bad = jnp.asarray(True), jnp.asarray(-1, jnp.int32)
 
     def check_finite(state, step):
-        if not bool(ok) or not bool(_tree_finite(state["params"])):
+        if not bool(ok) or not bool(_tree_finite(state.params)):
             bad = int(first_bad) if int(first_bad) >= 0 else step
             kept = (f"the last good checkpoint is step {last_saved} "
                     f"({ckpt.directory}/{last_saved})" if last_saved is not None
@@ -378,15 +378,15 @@ def _train(config, workdir, latest, mesh, ckpt, sigterm, lead):
             if log_now or save_now:
                 check_finite(state, step)
             if log_now:  # grad_norm is the gradients' l2 norm; the params' at log steps
-                metrics = {**metrics, "l2_params": _global_norm(state["params"])}
+                metrics = {**metrics, "l2_params": _global_norm(state.params)}
             logged = logger.step(step, jax.device_get(metrics) if log_now else None)
             last_metrics = logged or last_metrics
             if save_now:
                 ckpt.save(step, state, it.get_state(), config_to_json(config))
                 last_saved = step
             if eval_due(step):
-                scale = float(scale_fn(state["params"], state["step"]))
-                _run_eval(config, model, state["params"], tok,
+                scale = float(scale_fn(state.params, state.step))
+                _run_eval(config, model, state.params, tok,
                           paths.join(workdir, f"eval_step_{step}"), scale, mesh,
                           step, total)
             if stopping:

@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from flax import struct
 from jax.sharding import AxisType, Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
@@ -109,11 +110,24 @@ def init_temperature_param(params, loss_cfg):
     return params
 
 
-def new_state(params, tx, seed: int) -> dict[str, Any]:
-    """``{"step", "params", "opt_state", "rng"}``: ``rng`` is the raw base key; the step's
-    key is ``fold_in(base, step)``."""
-    return {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": tx.init(params),
-            "rng": jax.random.key_data(jax.random.key(seed))}
+class TrainState(struct.PyTreeNode):
+    """What a step reads and writes, and what a checkpoint's ``state`` item holds.
+
+    ``rng`` is the raw data of the run's base key (``jax.random.key_data``); the key of
+    step ``n`` is ``fold_in(base, n)``, so a resumed run draws what it would have drawn.
+    A pytree with the named fields ``step``, ``params``, ``opt_state``, ``rng``: Orbax
+    saves it under those names, as the plain dict of earlier versions was saved, and
+    checkpoints of either restore into it."""
+    step: jax.Array
+    params: Any
+    opt_state: Any
+    rng: jax.Array
+
+
+def new_state(params, tx, seed: int) -> TrainState:
+    """Step 0 of a run: ``tx.init(params)`` and the base key of ``seed``."""
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
+                      rng=jax.random.key_data(jax.random.key(seed)))
 
 
 def state_shardings(abstract_state, mesh: Mesh):
@@ -142,7 +156,7 @@ def make_train_step(model: CLIP, objective: Callable, tx: optax.GradientTransfor
     axes = batch_axes(mesh)
 
     def step_fn(state, batch, epoch):
-        key = jax.random.fold_in(jax.random.wrap_key_data(state["rng"]), state["step"])
+        key = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
 
         def towers(params, images, tokens):
             img, txt, _ = model.apply({"params": params}, images, tokens)
@@ -150,27 +164,25 @@ def make_train_step(model: CLIP, objective: Callable, tx: optax.GradientTransfor
 
         def embedding_loss(params, emb):
             v, t = l2_normalize(emb[0]), l2_normalize(emb[1])
-            scale = scale_fn(params, state["step"])
+            scale = scale_fn(params, state.step)
             total, aux = objective(v, t, scale, key, epoch)
             return total, (aux, v, t, scale)
 
         (_, (aux, v, t, scale)), grads = gradcache.value_and_grad(
-            towers, embedding_loss, state["params"], (batch["image"], batch["tokens"]),
+            towers, embedding_loss, state.params, (batch["image"], batch["tokens"]),
             embed_chunks, mesh, axes)
-        updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
-        params = fix_fn(optax.apply_updates(state["params"], updates), scale)
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        params = fix_fn(optax.apply_updates(state.params, updates), scale)
         v, t = jax.lax.stop_gradient(v), jax.lax.stop_gradient(t)
         metrics = {f"loss/{k}": x for k, x in aux.items() if not k.startswith(("lam", "mix_w"))}
         metrics.update({k: x for k, x in aux.items() if k.startswith(("lam", "mix_w"))})
         metrics.update(_batch_geometry(v, t))
         grad_norm = optax.global_norm(grads)
-        metrics.update({"lr": lr_fn(state["step"]), "scale": scale,
-                        "logit_scale": state["params"]["logit_scale"],
+        metrics.update({"lr": lr_fn(state.step), "scale": scale,
+                        "logit_scale": state.params["logit_scale"],
                         "grad_norm": grad_norm, "l2_grads": grad_norm,
                         "l2_updates": optax.global_norm(updates)})
-        new = {"step": state["step"] + 1, "params": params, "opt_state": opt_state,
-               "rng": state["rng"]}
-        return new, metrics
+        return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
     replicated = NamedSharding(mesh, P())
     data = batch_sharding(mesh)

@@ -43,9 +43,9 @@ def main():
     batch = {k: jax.make_array_from_process_local_data(data_sharding, x[lo:lo + n_local],
                                                        x.shape)
              for k, x in (("image", images), ("tokens", tokens))}
-    params0 = jax.tree.map(lambda a: np.asarray(a.addressable_data(0)), state["params"])
+    params0 = jax.tree.map(lambda a: np.asarray(a.addressable_data(0)), state.params)
     new, metrics = step(state, batch, np.int32(0))
-    params1 = jax.tree.map(lambda a: np.asarray(a.addressable_data(0)), new["params"])
+    params1 = jax.tree.map(lambda a: np.asarray(a.addressable_data(0)), new.params)
     grads = jax.tree.map(lambda a, b: a - b, params0, params1)
     if jax.process_index() == 0:
         np.savez(args.out, loss=np.asarray(metrics["loss/total"].addressable_data(0)),

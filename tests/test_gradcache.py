@@ -122,9 +122,9 @@ def _run(case, chunks, n_devices, impl="global"):
     for i in range(STEPS):
         images, tokens = batch_arrays(seed=i)
         batch = {"image": jax.device_put(images, data), "tokens": jax.device_put(tokens, data)}
-        before = jax.device_get(state["params"])
+        before = jax.device_get(state.params)
         state, metrics = step(state, batch, np.int32(i))
-    after = jax.device_get(state["params"])
+    after = jax.device_get(state.params)
     _last_update[(case, chunks, n_devices, impl)] = jax.tree.map(np.subtract, after, before)
     return flat_leaves(after), jax.device_get(metrics)
 

@@ -125,3 +125,35 @@ def test_load_run_picks_the_step_and_returns_its_config(tmp_path, tiny):
         _assert_same_weights(params, got)
     with pytest.raises(ValueError, match=r"no checkpoint for step 4; saved steps: \[3, 5\]"):
         checkpointing.load_run(str(tmp_path), 4)
+
+
+@pytest.mark.parametrize("saved_as", ["TrainState", "dict"])
+def test_train_state_round_trip_and_dict_checkpoints_restore(tmp_path, tiny, saved_as):
+    """The typed ``TrainState`` is saved under the field names the plain dict of earlier
+    versions used: a checkpoint of either kind restores into a ``TrainState`` target
+    (a resume) leaf for leaf, and ``restore_params`` reads its params."""
+    import optax
+
+    from gmm_jax import train_state
+    _, params, _ = tiny
+    tx = optax.adamw(1e-3)
+    state = train_state.new_state(params, tx, seed=5).replace(step=np.int32(9))
+    state = jax.tree.map(lambda x: np.asarray(x) + 0.5 if np.asarray(x).dtype.kind == "f"
+                         else np.asarray(x), state)  # moments not all zeros
+    saved = state if saved_as == "TrainState" else {
+        "step": state.step, "params": state.params, "opt_state": state.opt_state,
+        "rng": state.rng}
+    ckpt = checkpointing.TrainCheckpointer(str(tmp_path), async_save=False)
+    ckpt.save(9, saved, {"epoch": 1, "step_in_epoch": 2}, json.dumps({"seed": 5}))
+    target = jax.eval_shape(lambda: train_state.new_state(params, tx, seed=0))
+    got, data_state = ckpt.restore(9, target)
+    ckpt.close()
+    assert isinstance(got, train_state.TrainState)
+    assert data_state == {"epoch": 1, "step_in_epoch": 2}
+    want, have = jax.tree.leaves_with_path(state), jax.tree.leaves_with_path(got)
+    assert [p for p, _ in want] == [p for p, _ in have]
+    for (path, a), (_, b) in zip(want, have):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b), err_msg=str(path))
+    only_params, step, _ = checkpointing.restore_params(str(tmp_path))
+    assert step == 9
+    _assert_same_weights(state.params, only_params)

@@ -51,7 +51,7 @@ def test_fsdp_mesh_equals_one_device(monkeypatch):
     monkeypatch.setattr(train_state, "_FSDP_MIN_SIZE", 1)
     mesh_kw = {"axes": ("data", "fsdp"), "shape": (2, 4)}
     _, state, _, data_sharding = make_step("m2mix", "global", jax.devices(), **mesh_kw)
-    specs = [leaf.sharding.spec for leaf in jax.tree.leaves(state["params"])]
+    specs = [leaf.sharding.spec for leaf in jax.tree.leaves(state.params)]
     split = [s for s in specs if "fsdp" in tuple(s)]
     assert len(split) >= len(specs) // 2, specs
     assert tuple(data_sharding.spec) == (("data", "fsdp"),)

@@ -67,10 +67,10 @@ def build_step(model, params, loss_cfg, mesh, loss_impl: str = "global", seed: i
 def sgd_step_grads(step, state, batch, dtype=np.float32):
     """``(grads as a parameter tree of NumPy ``dtype`` leaves, metrics)`` of one step of a
     ``build_step`` step (SGD, lr 1: the gradient is ``params - new_params``)."""
-    before = jax.device_get(state["params"])
+    before = jax.device_get(state.params)
     new, metrics = step(state, batch, np.int32(0))
     grads = jax.tree.map(lambda a, b: np.asarray(a, dtype) - np.asarray(b, dtype), before,
-                         jax.device_get(new["params"]))
+                         jax.device_get(new.params))
     return grads, metrics
 
 

@@ -61,7 +61,7 @@ def main():
         step_fn = make_step(*a, **k)
 
         def wrapped(state, batch, epoch):
-            nxt = int(state["step"]) + 1
+            nxt = int(state.step) + 1
             if nxt == args.sigkill_before_step:
                 os.kill(os.getpid(), signal.SIGKILL)
             if nxt == args.raise_at:
@@ -69,7 +69,7 @@ def main():
             if nxt == args.nan_at:
                 batch = {**batch, "image": batch["image"] * float("nan")}
             state, metrics = step_fn(state, batch, epoch)
-            if int(state["step"]) == args.sigterm_at:
+            if int(state.step) == args.sigterm_at:
                 os.kill(os.getpid(), signal.SIGTERM)  # handled: save and stop
             return state, metrics
         return wrapped
