@@ -52,6 +52,9 @@ def define_flags():
                         "KEY=V1,V2,...;KEY2=... (config keys, ';'-separated)")
     flags.DEFINE_string("metrics", DEFAULT_METRICS,
                         "Headline metrics: one table and one figure each.")
+    flags.DEFINE_string("report_runs", "",
+                        "Runs shown in the reports, comma-separated (default: all; ft is "
+                        "kept for the paired differences). Cells are not rerun.")
 
 
 BASELINE = "ft"
@@ -152,6 +155,21 @@ def run_metrics(report: dict, run: str) -> dict:
     ran, its captioners' scores (``captioning/*``, the mean over captioner seeds)."""
     captioning = ((report.get("captioning") or {}).get("runs") or {}).get(run) or {}
     return {**report["runs"][run], **captioning.get("mean", {})}
+
+
+def keep_runs(results: dict, names: list[str], baseline: str = BASELINE) -> dict:
+    """``results`` with only the runs ``names`` (and ``baseline``) in every report, in the
+    reports' order; an unknown name is an error naming it."""
+    if not names:
+        return results
+    reports = [rep for by_seed in results.values() for rep in by_seed.values()]
+    unknown = sorted({n for n in names for rep in reports if n not in rep["runs"]})
+    if unknown:
+        raise ValueError(f"--report_runs: {unknown} not in the sweep's runs "
+                         f"{list(reports[0]['runs'])}")
+    keep = set(names) | {baseline}
+    return {cell: {s: {**rep, "runs": {r: m for r, m in rep["runs"].items() if r in keep}}
+                   for s, rep in by_seed.items()} for cell, by_seed in results.items()}
 
 
 def aggregate(results: dict, metrics: list[str], baseline: str = BASELINE) -> dict:
@@ -301,6 +319,11 @@ def main(argv):
         return _read(os.path.join(d, "demo_report.json"))
 
     results = run_grid(config, workdir, grid, seeds, run_one)
+    try:
+        results = keep_runs(results, [r.strip() for r in FLAGS.report_runs.split(",")
+                                      if r.strip()])
+    except ValueError as e:
+        sys.exit(f"sweep.py: error: {e}")
     write_reports(workdir, results, metrics, cmd)
     print(f"sweep finished in {time.perf_counter() - t0:.0f} s: "
           f"{os.path.join(workdir, 'sweep_report.md')}")

@@ -99,3 +99,16 @@ def test_captioning_scores_are_run_metrics():
     assert cell["runs"]["m2mix"]["captioning/cider"]["values"] == pytest.approx([3.0, 3.1, 3.2])
     diff = cell["vs_ft"]["m2mix"]["captioning/cider"]
     assert (diff["mean"], diff["lo"], diff["hi"]) == pytest.approx((1.0, 1.0, 1.0))
+
+
+def test_report_runs_keeps_the_named_runs_and_the_baseline():
+    results = {"c": {s: _fake_report({"loss.c_m2": 0.01}, s) for s in range(2)}}
+    kept = sweep.keep_runs(results, ["pretrained", "m2mix"])
+    assert all(list(rep["runs"]) == ["pretrained", "ft", "m2mix"]
+               for rep in kept["c"].values())
+    kept = sweep.keep_runs(results, ["m2mix"])
+    assert list(kept["c"][1]["runs"]) == ["ft", "m2mix"]
+    assert kept["c"][1]["runs"]["m2mix"] == results["c"][1]["runs"]["m2mix"]
+    assert sweep.keep_runs(results, []) is results
+    with pytest.raises(ValueError, match=r"\['cua'\] not in the sweep's runs"):
+        sweep.keep_runs(results, ["cua", "ft"])
