@@ -18,7 +18,9 @@ Writes ``WORKDIR/sweep_report.json`` (per cell: ``runs.<run>.<metric> = {mean, s
 values}``, ``vs_ft.<run>.<metric> = {mean, lo, hi, n, excludes_zero}``: the paired
 per-seed difference with ft and its 95% Student-t interval, see
 ``gmm_jax.paired_stats``), ``sweep_report.md`` (one table per headline metric) and
-``sweep_<metric>.png`` (one figure per headline metric: mean ± std over seeds per cell).
+``sweep_<metric>.png`` (one figure per headline metric: mean ± std over seeds per cell)
+and ``sweep_vs_ft_<cell>.png`` (per cell: every run's paired difference with ft and its
+95% interval, one panel per metric).
 With the demo's captioning stage on, ``--metrics`` may name ``captioning/*`` keys (each
 run's captioner, mean over ``config.demo.captioning.seeds``).
 """
@@ -270,6 +272,42 @@ def figure(agg: dict, metric: str, out_path: str) -> str:
     return out_path
 
 
+def difference_figure(cell: dict, metrics: list[str], out_path: str,
+                      baseline: str = BASELINE) -> str:
+    """One panel per metric: each run's paired difference with ``baseline`` (mean and 95%
+    interval over seeds), a line at zero; filled where the interval excludes zero."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from gmm_jax import report as R
+    diffs = cell["vs_" + baseline]
+    runs = list(diffs)
+    cols = min(4, len(metrics))
+    rows = -(-len(metrics) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.1 * cols, 0.35 * len(runs) * rows + 1.0),
+                             squeeze=False, sharey=True)
+    for ax, m in zip(axes.flat, metrics):
+        for y, r in enumerate(runs):
+            d = diffs[r].get(m)
+            if d is None:
+                continue
+            ax.errorbar([d["mean"]], [y], xerr=[[d["mean"] - d["lo"]], [d["hi"] - d["mean"]]],
+                        fmt="o", capsize=3, color=f"C{y}",
+                        mfc=f"C{y}" if d["excludes_zero"] else "white")
+        ax.axvline(0.0, color="0.5", lw=0.8)
+        ax.set_title(f"{m} {R.better(m)}", fontsize=7)
+        ax.tick_params(labelsize=7)
+    for ax in axes.flat[len(metrics):]:
+        ax.axis("off")
+    axes[0, 0].set_yticks(range(len(runs)), [f"{r} − {baseline}" for r in runs])
+    axes[0, 0].invert_yaxis()
+    fig.tight_layout()
+    fig.savefig(out_path, dpi=110)
+    plt.close(fig)
+    return out_path
+
+
 def write_reports(workdir: str, results: dict, metrics: list[str], command: str) -> dict:
     agg = aggregate(results, metrics)
     with open(os.path.join(workdir, "sweep_report.json"), "w") as f:
@@ -277,10 +315,14 @@ def write_reports(workdir: str, results: dict, metrics: list[str], command: str)
     md = ["# Demo sweep", "", f"Command: `{command}`", "",
           "Mean ± sample std over the fine-tuning seeds; `X − ft`: mean paired per-seed "
           "difference with its 95% Student-t interval, `*` where it excludes zero.", ""]
+    figs = {}
     for name, cell in agg.items():
         md += [f"## Cell `{name}`", "", cell_table(cell, metrics)]
+        if cell["vs_" + BASELINE]:
+            path = os.path.join(workdir, f"sweep_vs_{BASELINE}_{name}.png".replace("/", "_"))
+            figs[f"vs_{BASELINE}/{name}"] = difference_figure(cell, metrics, path)
+            md.append(f"![{name}: paired differences with {BASELINE}]({os.path.basename(path)})\n")
     md += ["## Per metric", ""]
-    figs = {}
     for m in metrics:
         md.append(markdown(agg, m))
         figs[m] = figure(agg, m, os.path.join(workdir, "sweep_" + m.replace("/", "_") + ".png"))
