@@ -207,11 +207,11 @@ def aggregate(results: dict, metrics: list[str], baseline: str = BASELINE) -> di
 
 def markdown(agg: dict, metric: str, baseline: str = BASELINE) -> str:
     """One table: rows = cells, columns = runs (mean ± std) and run − baseline [95% CI]."""
-    from gmm_jax import report as R
+    from gmm_jax.report import better
     runs = list(next(iter(agg.values()))["runs"])
     others = [r for r in runs if r not in (baseline, "pretrained")]
     head = ["cell"] + [f"{r}" for r in runs] + [f"{o} − {baseline} [95% CI]" for o in others]
-    lines = [f"### `{metric}` ({R.better(metric)})", "", "| " + " | ".join(head) + " |",
+    lines = [f"### `{metric}` ({better(metric)})", "", "| " + " | ".join(head) + " |",
              "| --- | " + " | ".join("---:" for _ in head[1:]) + " |"]
     for name, cell in agg.items():
         row = [name]
@@ -229,14 +229,14 @@ def markdown(agg: dict, metric: str, baseline: str = BASELINE) -> str:
 def cell_table(cell: dict, metrics: list[str], baseline: str = BASELINE) -> str:
     """One cell as one table: rows = metrics, columns = runs (mean ± std) and each run's
     paired difference with ``baseline`` [95% CI] (``*``: the interval excludes zero)."""
-    from gmm_jax import report as R
+    from gmm_jax.report import better
     runs = list(cell["runs"])
     others = [r for r in runs if r not in (baseline, "pretrained")]
     head = ["metric", "better"] + runs + [f"{o} − {baseline} [95% CI]" for o in others]
     lines = ["| " + " | ".join(head) + " |",
              "| --- | :---: | " + " | ".join("---:" for _ in head[2:]) + " |"]
     for m in metrics:
-        row = [f"`{m}`", R.better(m)]
+        row = [f"`{m}`", better(m)]
         for r in runs:
             st = cell["runs"][r].get(m)
             row.append(f"{st['mean']:.4g} ± {st['std']:.2g}" if st else "–")
@@ -280,7 +280,7 @@ def difference_figure(cell: dict, metrics: list[str], out_path: str,
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from gmm_jax import report as R
+    from gmm_jax.report import better
     diffs = cell["vs_" + baseline]
     runs = list(diffs)
     cols = min(4, len(metrics))
@@ -296,7 +296,7 @@ def difference_figure(cell: dict, metrics: list[str], out_path: str,
                         fmt="o", capsize=3, color=f"C{y}",
                         mfc=f"C{y}" if d["excludes_zero"] else "white")
         ax.axvline(0.0, color="0.5", lw=0.8)
-        ax.set_title(f"{m} {R.better(m)}", fontsize=7)
+        ax.set_title(f"{m} {better(m)}", fontsize=7)
         ax.tick_params(labelsize=7)
     for ax in axes.flat[len(metrics):]:
         ax.axis("off")
