@@ -226,6 +226,24 @@ def markdown(agg: dict, metric: str, baseline: str = BASELINE) -> str:
     return "\n".join(lines) + "\n"
 
 
+def differences_table(agg: dict, metrics: list[str], run: str,
+                      baseline: str = BASELINE) -> str:
+    """A grid at a glance: rows = cells, columns = metrics, entries = ``run``'s paired
+    difference with ``baseline`` [95% CI] (``*``: the interval excludes zero)."""
+    from gmm_jax.report import better
+    head = ["cell"] + [f"`{m}` {better(m)}" for m in metrics]
+    lines = ["| " + " | ".join(head) + " |",
+             "| --- | " + " | ".join("---:" for _ in metrics) + " |"]
+    for name, cell in agg.items():
+        row = [name]
+        for m in metrics:
+            d = cell["vs_" + baseline].get(run, {}).get(m)
+            row.append(f"{d['mean']:+.3g} [{d['lo']:+.3g}, {d['hi']:+.3g}]"
+                       + (" *" if d["excludes_zero"] else "") if d else "–")
+        lines.append("| " + " | ".join(row) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def cell_table(cell: dict, metrics: list[str], baseline: str = BASELINE) -> str:
     """One cell as one table: rows = metrics, columns = runs (mean ± std) and each run's
     paired difference with ``baseline`` [95% CI] (``*``: the interval excludes zero)."""
@@ -322,6 +340,12 @@ def write_reports(workdir: str, results: dict, metrics: list[str], command: str)
             path = os.path.join(workdir, f"sweep_vs_{BASELINE}_{name}.png".replace("/", "_"))
             figs[f"vs_{BASELINE}/{name}"] = difference_figure(cell, metrics, path)
             md.append(f"![{name}: paired differences with {BASELINE}]({os.path.basename(path)})\n")
+    if len(agg) > 1:
+        runs = sorted({r for cell in agg.values() for r in cell["vs_" + BASELINE]},
+                      key=list(next(iter(agg.values()))["runs"]).index)
+        for r in runs:
+            md += [f"## `{r}` − `{BASELINE}` in every cell", "",
+                   differences_table(agg, metrics, r)]
     md += ["## Per metric", ""]
     for m in metrics:
         md.append(markdown(agg, m))

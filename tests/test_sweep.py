@@ -79,6 +79,11 @@ def test_runs_each_cell_once_resumes_and_reports(tmp_path):
     assert f"[{ref.low:+.3g}, {ref.high:+.3g}]" in row and "## Cell `c_m2=0.05`" in md
     for m in METRICS:
         assert os.path.getsize(out["figures"][m]) > 1000
+    # the grid at a glance: m2mix − ft per cell, the same interval as the cell's table
+    assert "## `m2mix` − `ft` in every cell" in md
+    grid_row = [ln for ln in sweep.differences_table(out["agg"], METRICS, "m2mix").splitlines()
+                if ln.startswith("| c_m2=0.05 |")][0]
+    assert f"[{ref.low:+.3g}, {ref.high:+.3g}]" in grid_row
     diff_fig = out["figures"]["vs_ft/c_m2=0.05"]  # the paired differences of a cell
     assert os.path.getsize(diff_fig) > 1000 and os.path.basename(diff_fig) in md
 
