@@ -384,12 +384,12 @@ def main(argv):
         demo_flow.run(cfg, d, command=cmd)
         return _read(os.path.join(d, "demo_report.json"))
 
-    results = run_grid(config, workdir, grid, seeds, run_one)
-    try:
-        results = keep_runs(results, [r.strip() for r in FLAGS.report_runs.split(",")
-                                      if r.strip()])
-    except ValueError as e:
-        sys.exit(f"sweep.py: error: {e}")
+    shown = [r.strip() for r in FLAGS.report_runs.split(",") if r.strip()]
+    unknown = [r for r in shown if r not in ["pretrained"] + demo_flow.run_names(config)]
+    if unknown:  # before anything runs
+        sys.exit(f"sweep.py: error: --report_runs: {unknown} not in pretrained or "
+                 f"--config.demo.runs={config.demo.runs}")
+    results = keep_runs(run_grid(config, workdir, grid, seeds, run_one), shown)
     write_reports(workdir, results, metrics, cmd)
     print(f"sweep finished in {time.perf_counter() - t0:.0f} s: "
           f"{os.path.join(workdir, 'sweep_report.md')}")
