@@ -205,6 +205,15 @@ def aggregate(results: dict, metrics: list[str], baseline: str = BASELINE) -> di
     return agg
 
 
+def _difference(d) -> str:
+    """A paired difference as ``+mean [lo, hi]`` (`` *`` when the interval excludes zero);
+    ``–`` when missing."""
+    if not d:
+        return "–"
+    return (f"{d['mean']:+.3g} [{d['lo']:+.3g}, {d['hi']:+.3g}]"
+            + (" *" if d["excludes_zero"] else ""))
+
+
 def markdown(agg: dict, metric: str, baseline: str = BASELINE) -> str:
     """One table: rows = cells, columns = runs (mean ± std) and run − baseline [95% CI]."""
     from gmm_jax.report import better
@@ -219,9 +228,7 @@ def markdown(agg: dict, metric: str, baseline: str = BASELINE) -> str:
             s = cell["runs"][r].get(metric)
             row.append(f"{s['mean']:.4g} ± {s['std']:.2g}" if s else "–")
         for o in others:
-            d = cell["vs_" + baseline].get(o, {}).get(metric)
-            row.append(f"{d['mean']:+.3g} [{d['lo']:+.3g}, {d['hi']:+.3g}]"
-                       + (" *" if d["excludes_zero"] else "") if d else "–")
+            row.append(_difference(cell["vs_" + baseline].get(o, {}).get(metric)))
         lines.append("| " + " | ".join(row) + " |")
     return "\n".join(lines) + "\n"
 
@@ -237,9 +244,7 @@ def differences_table(agg: dict, metrics: list[str], run: str,
     for name, cell in agg.items():
         row = [name]
         for m in metrics:
-            d = cell["vs_" + baseline].get(run, {}).get(m)
-            row.append(f"{d['mean']:+.3g} [{d['lo']:+.3g}, {d['hi']:+.3g}]"
-                       + (" *" if d["excludes_zero"] else "") if d else "–")
+            row.append(_difference(cell["vs_" + baseline].get(run, {}).get(m)))
         lines.append("| " + " | ".join(row) + " |")
     return "\n".join(lines) + "\n"
 
@@ -259,9 +264,7 @@ def cell_table(cell: dict, metrics: list[str], baseline: str = BASELINE) -> str:
             st = cell["runs"][r].get(m)
             row.append(f"{st['mean']:.4g} ± {st['std']:.2g}" if st else "–")
         for o in others:
-            d = cell["vs_" + baseline].get(o, {}).get(m)
-            row.append(f"{d['mean']:+.3g} [{d['lo']:+.3g}, {d['hi']:+.3g}]"
-                       + (" *" if d["excludes_zero"] else "") if d else "–")
+            row.append(_difference(cell["vs_" + baseline].get(o, {}).get(m)))
         lines.append("| " + " | ".join(row) + " |")
     return "\n".join(lines) + "\n"
 
