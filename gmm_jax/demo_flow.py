@@ -227,6 +227,34 @@ def fingerprint(cfg, drop=_NOT_TRAINING) -> str:
     return json.dumps(d, sort_keys=True)
 
 
+def same_training(recorded: Optional[str], fp: str) -> bool:
+    """Whether a stage recorded with fingerprint ``recorded`` trained what ``fp`` asks
+    for: equal, or equal but for config keys added to ``configs/default.py`` since,
+    left at their defaults (a new knob's default keeps the old behaviour), so that
+    finished stages survive a new version of the package."""
+    if recorded == fp:
+        return True
+    if recorded is None:
+        return False
+    from gmm_jax.configs import default
+    defaults = json.loads(default.get_config().to_json_best_effort(sort_keys=True))
+    return _equal_but_new_defaults(json.loads(recorded), json.loads(fp), defaults)
+
+
+def _equal_but_new_defaults(old: dict, new: dict, defaults) -> bool:
+    defaults = defaults if isinstance(defaults, dict) else {}
+    for k in set(old) | set(new):
+        if k in old and k in new:
+            if isinstance(old[k], dict) and isinstance(new[k], dict):
+                if not _equal_but_new_defaults(old[k], new[k], defaults.get(k)):
+                    return False
+            elif old[k] != new[k]:
+                return False
+        elif not (k in new and k in defaults and new[k] == defaults[k]):
+            return False  # removed, or added at a value other than its default
+    return True
+
+
 # --------------------------------------------------------------------------- stages
 
 _read_json = fs.read_json_or_none  # markers: None when missing or cut short
@@ -243,7 +271,7 @@ def stage_done(stage_dir: str, fp: str) -> bool:
     marker = _read_json(fs.join(stage_dir, STAGE_MARKER))
     if marker is None:
         return False
-    if marker.get("fingerprint") != fp:
+    if not same_training(marker.get("fingerprint"), fp):
         raise DemoError(f"{stage_dir} holds a run of a different training config; use another "
                         "--workdir (or delete that directory) to train with this one")
     if not marker.get("done"):

@@ -15,6 +15,7 @@ import sys
 import pytest
 
 from gmm_jax import demo_flow, train_lib
+from gmm_jax.configs.default import get_config as default_config
 from gmm_jax.loss_spec import LossSpec
 from tests.demo_tiny_config import demo_config as _demo_config
 from tests.demo_tiny_config import get_config as tiny_demo_config
@@ -303,3 +304,36 @@ def test_wise_ft_ends_default_to_the_models_own_evaluations(tmp_path):
     assert out["alphas"] == [0.0, 0.5, 1.0]
     assert out["metrics"]["ft"] == [{"zeroshot/x/top1": 1.0}, {"zeroshot/x/top1": 2.0},
                                     {"zeroshot/x/top1": 3.0}]
+
+
+def test_stages_survive_a_new_config_key_at_its_default(tmp_path):
+    """A stage recorded before a key was added to configs/default.py is reused while that
+    key keeps its default, and refused when it does not (or when a recorded key changed)."""
+    config = tiny_demo_config(str(tmp_path / "data"))
+    cfg = demo_flow.finetune_config(config, "ft", str(tmp_path / "init"), 0.02)
+    stage = tmp_path / "ft"
+    os.makedirs(stage / "checkpoints" / "7")
+
+    def record(fp_dict):
+        with open(stage / demo_flow.STAGE_MARKER, "w") as f:
+            json.dump({"fingerprint": json.dumps(fp_dict, sort_keys=True), "done": True,
+                       "step": 7}, f)
+
+    now = json.loads(demo_flow.fingerprint(cfg))
+    assert now["optim"]["grad_clip"] == default_config().optim.grad_clip
+    old = json.loads(demo_flow.fingerprint(cfg))
+    del old["optim"]["grad_clip"]  # as if recorded before the key existed
+    record(old)
+    assert demo_flow.stage_done(str(stage), demo_flow.fingerprint(cfg))
+    cfg.optim.grad_clip = 1.0          # the new knob used: not what was trained
+    with pytest.raises(demo_flow.DemoError, match="different training config"):
+        demo_flow.stage_done(str(stage), demo_flow.fingerprint(cfg))
+    record(json.loads(demo_flow.fingerprint(cfg)))
+    cfg.loss.c_m2 = 0.5                 # a recorded key changed
+    with pytest.raises(demo_flow.DemoError, match="different training config"):
+        demo_flow.stage_done(str(stage), demo_flow.fingerprint(cfg))
+    old = json.loads(demo_flow.fingerprint(cfg))
+    del old["data"]["name"]             # missing key whose value is not the default
+    record(old)
+    with pytest.raises(demo_flow.DemoError, match="different training config"):
+        demo_flow.stage_done(str(stage), demo_flow.fingerprint(cfg))
