@@ -26,6 +26,8 @@ what XLA's own matmul reaches here").
     python benchmarks/train_step.py                                      # CPU-sized default
     python benchmarks/train_step.py --models ViT-B/32 ViT-B/16 --batch 256 512 1024 \\
         --dtypes bfloat16 float32 --methods clip m2mix --steps 20         # GPU host
+    python benchmarks/train_step.py --models ViT-B/16 --batch 256 --dtypes bfloat16 \
+        --methods clip --attention cudnn --steps 20     # fused attention (NVIDIA GPUs)
 """
 from __future__ import annotations
 
@@ -42,6 +44,9 @@ os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import loss as loss_bench  # noqa: E402  (benchmarks/loss.py: torch m2mix restatement)
+
+# The project step's attention kernel (config.model.attention), set by --attention.
+RUN_OPTIONS = {"attention": "einsum"}
 
 PEAK_TFLOPS = (  # bf16 dense, per device; matched against jax's device_kind
     ("H100", 989.0), ("H200", 989.0), ("A100", 312.0),
@@ -64,6 +69,9 @@ def _args(argv=None):
     p.add_argument("--remat", action="store_true",
                    help="config.model.remat (memory for compute); --memory: rows without "
                         "and with it")
+    p.add_argument("--attention", default="einsum", choices=["einsum", "xla", "cudnn"],
+                   help="config.model.attention of the project's step (cudnn: fused "
+                        "attention, NVIDIA GPUs, bf16)")
     p.add_argument("--no-torch", action="store_true")
     p.add_argument("--chunks", type=int, nargs="+", default=None,
                    help="config.embed_chunks values (step table: one row each; --memory: "
@@ -115,6 +123,7 @@ def project_config(preset, dtype, method, batch, remat=False, chunks=1):
     config.model.preset = preset
     config.model.dtype = dtype
     config.model.remat = bool(remat)
+    config.model.attention = RUN_OPTIONS["attention"]
     config.loss.method = method
     config.batch_size = int(batch)
     config.embed_chunks = int(chunks)
@@ -133,7 +142,8 @@ def build_step(preset, dtype, method, batch, remat=False, chunks=1, seed=0):
     from gmm_jax.models import CLIP, init_params, presets
 
     config = project_config(preset, dtype, method, batch, remat, chunks)
-    mcfg = presets.get_config(preset, dtype=dtype, remat=bool(remat))
+    mcfg = presets.get_config(preset, dtype=dtype, remat=bool(remat),
+                              attention=RUN_OPTIONS["attention"])
     model = CLIP(mcfg)
     mesh = train_state.make_mesh(config.mesh.axes, config.mesh.shape)
     gradcache.check_chunks(int(batch), int(chunks), mesh.size)
@@ -556,6 +566,7 @@ def main(argv=None):
     if args.mesh_devices and jax.device_count() != args.mesh_devices:
         raise SystemExit(f"--mesh-devices {args.mesh_devices}: jax sees {jax.device_count()} "
                          "devices (jax was imported before the flag could be set)")
+    RUN_OPTIONS["attention"] = args.attention
     use_torch = not args.no_torch and not (args.memory or args.breakdown)
     if use_torch:
         import torch
@@ -567,6 +578,7 @@ def main(argv=None):
         import transformers
         versions += f", transformers {transformers.__version__}"
     print(versions)
+    print(f"attention kernel of the project's step: {args.attention}")
     print(f"command: python benchmarks/train_step.py "
           f"{' '.join(sys.argv[1:] if argv is None else argv)}")
     if args.memory:

@@ -17,7 +17,8 @@ CHOICES = {
     "loss.method": losses.METHODS, "loss.mix_schedule": losses.MIX_SCHEDULES,
     "loss.mix_form": losses.MIX_FORMS, "loss.swap": losses.SWAPS,
     "loss.temperature": train_state.TEMPERATURES, "loss_impl": ("global", "local"),
-    "model.dtype": ("float32", "bfloat16"), "optim.name": ("adamw",),
+    "model.dtype": ("float32", "bfloat16"),
+    "model.attention": ("einsum", "xla", "cudnn"), "optim.name": ("adamw",),
     "optim.schedule": ("cosine", "constant"),
     "data.name": ("coco", "flickr30k", "image_text_files", "demo", "class_captions"),
     "data.caption_mode": ("first", "random"),
@@ -88,7 +89,7 @@ def validate_config(config, reference=None) -> None:
     if config.init and any(config.model.get(f) is not None for f in MODEL_FIELDS):
         set_ = [f for f in MODEL_FIELDS if config.model.get(f) is not None]
         raise ValueError(f"config.model.{set_[0]} is set but config.init={config.init!r} fixes "
-                         "the architecture (only model.dtype / model.remat apply)")
+                         "the architecture (only model.dtype / model.remat / model.attention apply)")
 
 
 def config_to_json(config) -> str:
@@ -113,7 +114,7 @@ RESUME_MAY_CHANGE = ("total_steps", "num_epochs", "checkpoint_every_steps", "max
                      "eval_every_steps", "eval_at_end", "eval.", "data.eval_split",
                      "data.data_dir", "data.manual_dir", "data.files_path", "data.images_dir",
                      "mesh.", "distributed", "loss_impl", "embed_chunks", "model.dtype",
-                     "model.remat",
+                     "model.remat", "model.attention",
                      "allow_from_scratch")
 
 

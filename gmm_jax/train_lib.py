@@ -63,7 +63,8 @@ def build_model_and_tokenizer(config, workdir: str, load_params: bool = True):
     scratch."""
     from gmm_jax import pretrained
     from gmm_jax.tokenizer import Tokenizer
-    run_cfg = {"dtype": config.model.dtype, "remat": bool(config.model.remat)}
+    run_cfg = {"dtype": config.model.dtype, "remat": bool(config.model.remat),
+               "attention": config.model.get("attention", "einsum")}
     if checkpointing.finished_steps(workdir):  # resuming
         mcfg = pretrained.load_config(workdir).replace(**run_cfg)
         tok_dir = paths.join(workdir, pretrained.TOKENIZER_DIR)
@@ -250,7 +251,8 @@ def _write_run_files(workdir: str, mcfg, tok, config, fresh: bool) -> None:
     start that never saved) and ``config.json``."""
     from gmm_jax import pretrained
     if fresh:
-        pretrained.save_config(workdir, mcfg.replace(dtype="float32", remat=False))
+        pretrained.save_config(workdir, mcfg.replace(dtype="float32", remat=False,
+                                                     attention="einsum"))
         tok_dir = paths.path(workdir) / pretrained.TOKENIZER_DIR
         if tok_dir.is_dir():
             tok_dir.rmtree()

@@ -40,7 +40,7 @@ log = logging.getLogger(__name__)
 ZEROSHOT_NAME = "zeroshot"
 # Model-config fields that do not change the function a parameter tree computes
 # (run-time options, and the initial value of a tensor both models have).
-IGNORED_FIELDS = ("dtype", "remat", "logit_scale_init")
+IGNORED_FIELDS = ("dtype", "remat", "attention", "logit_scale_init")
 
 
 class WiseFTError(ValueError):
@@ -272,7 +272,7 @@ def save_interpolated(model, params_a, params_b, tokenizer, alpha: float, out_di
     ``config.init`` and ``gmm_jax.convert`` read it). Returns its absolute path."""
     from gmm_jax import pretrained
     params = interpolate(params_a, params_b, alpha)
-    cfg = model.config.replace(dtype="float32", remat=False)
+    cfg = model.config.replace(dtype="float32", remat=False, attention="einsum")
     return pretrained.save_pretrained(out_dir, cfg, params, tokenizer)
 
 

@@ -210,6 +210,33 @@ def test_remat_same_values_and_gradients():
     assert jax.tree.structure(remat_shapes) == jax.tree.structure(p)
 
 
+@pytest.mark.parametrize("name", sorted(ARCHS))
+def test_dot_product_attention_kernel_matches_reference_and_einsum(name):
+    """model.attention="xla" (jax.nn.dot_product_attention) computes the float64
+    reference's forward (causal text, full image attention) and einsum's gradients."""
+    cfg = ARCHS[name]
+    rng = np.random.default_rng(4)
+    p = _random_params(cfg)
+    images = rng.standard_normal((2, cfg.image_size, cfg.image_size, 3)).astype(np.float32)
+    tokens = _tokens(rng, cfg, n=2)
+    xcfg = cfg.replace(attention="xla")
+    img, txt, _ = jax.jit(CLIP(xcfg).apply)({"params": p}, images, tokens)
+    p64 = jax.tree.map(lambda a: np.asarray(a, np.float64), p)
+    np.testing.assert_allclose(img, ref_image(p64, images.astype(np.float64), cfg), atol=2e-5)
+    np.testing.assert_allclose(txt, ref_text(p64, tokens, cfg), atol=2e-5)
+
+    def loss(params, c):
+        i, t, s = CLIP(c).apply({"params": params}, images, tokens)
+        return jnp.exp(s) * jnp.sum(i * t) + jnp.sum(i ** 2)
+
+    grad = jax.jit(jax.grad(loss), static_argnums=1)
+    for a, b in zip(jax.tree.leaves(grad(p, cfg)), jax.tree.leaves(grad(p, xcfg))):
+        a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+        assert np.linalg.norm(a - b) <= 1e-5 * np.linalg.norm(a) + 1e-7  # fp32 rounding
+    with pytest.raises(ValueError, match="attention='flash'"):
+        cfg.replace(attention="flash")
+
+
 def test_param_names_mirror_openai_layout():
     p = _init_tree(get_config("tiny"))
     assert set(p) == {"visual", "token_embedding", "positional_embedding", "transformer",

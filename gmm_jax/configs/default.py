@@ -16,6 +16,7 @@ def _model() -> ml_collections.ConfigDict:
     m.preset = "ViT-B/32"          # gmm_jax.models.presets (used when config.init is empty)
     m.dtype = "float32"            # compute dtype: "float32" | "bfloat16" (params stay fp32)
     m.remat = False                # nn.remat per residual block (memory for compute)
+    m.attention = "einsum"         # einsum | xla | cudnn (fused, NVIDIA GPUs; docs/models.md)
     # Overrides of the preset's CLIPConfig fields (None = the preset's value).
     for name, typ in (("embed_dim", int), ("act", str), ("image_size", int),
                       ("patch_size", int), ("vision_width", int), ("vision_layers", int),

@@ -12,6 +12,9 @@ from typing import Any, Optional
 
 _ACTS = ("quick_gelu", "gelu")
 _DTYPES = ("float32", "bfloat16")
+# Self-attention kernels (models/layers.py): "einsum" (portable, the default), "xla" / "cudnn"
+# (jax.nn.dot_product_attention; "cudnn" is the fused flash kernel on NVIDIA GPUs).
+ATTENTIONS = ("einsum", "xla", "cudnn")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -26,6 +29,7 @@ class CLIPConfig:
     act: str = "quick_gelu"
     dtype: str = "float32"
     remat: bool = False
+    attention: str = "einsum"
     image_size: int = 224
     patch_size: int = 32
     vision_width: int = 768
@@ -47,6 +51,9 @@ class CLIPConfig:
             raise ValueError(f"CLIPConfig.act={self.act!r}: expected one of {_ACTS}")
         if self.dtype not in _DTYPES:
             raise ValueError(f"CLIPConfig.dtype={self.dtype!r}: expected one of {_DTYPES}")
+        if self.attention not in ATTENTIONS:
+            raise ValueError(f"CLIPConfig.attention={self.attention!r}: expected one of "
+                             f"{ATTENTIONS}")
         if self.image_size % self.patch_size:
             raise ValueError(f"CLIPConfig.image_size={self.image_size} is not a multiple of "
                              f"patch_size={self.patch_size}")

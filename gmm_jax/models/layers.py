@@ -51,12 +51,16 @@ class MultiHeadAttention(nn.Module):
     """Self-attention with a fused q|k|v projection (OpenAI's ``in_proj``).
 
     x: (N, L, W) -> (N, L, W). ``causal`` masks future positions (text tower).
+    ``attention``: "einsum" writes the product out (runs anywhere); "xla" / "cudnn" call
+    ``jax.nn.dot_product_attention`` with that implementation ("cudnn": the fused kernel,
+    NVIDIA GPUs, bf16). All compute the same function.
     """
     width: int
     heads: int
     causal: bool
     dtype: Any
     out_std: float
+    attention: str = "einsum"
 
     @nn.compact
     def __call__(self, x):
@@ -66,6 +70,10 @@ class MultiHeadAttention(nn.Module):
                        kernel_init=_normal(self.width ** -0.5), name="in_proj")(x)
         q, k, v = jnp.split(qkv.reshape(n, length, 3, self.heads, hd), 3, axis=2)
         q, k, v = (a[:, :, 0] for a in (q, k, v))            # (N, L, H, hd)
+        if self.attention != "einsum":
+            out = jax.nn.dot_product_attention(q, k, v, is_causal=self.causal,
+                                               implementation=self.attention)
+            return self._out_proj(out.reshape(n, length, self.width))
         logits = jnp.einsum("nqhd,nkhd->nhqk", q * jnp.asarray(hd ** -0.5, q.dtype), k)
         logits = logits.astype(jnp.float32)
         if self.causal:
@@ -73,6 +81,9 @@ class MultiHeadAttention(nn.Module):
             logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min)
         probs = jax.nn.softmax(logits, axis=-1).astype(self.dtype)
         out = jnp.einsum("nhqk,nkhd->nqhd", probs, v).reshape(n, length, self.width)
+        return self._out_proj(out)
+
+    def _out_proj(self, out):
         return nn.Dense(self.width, dtype=self.dtype, param_dtype=jnp.float32,
                         kernel_init=_normal(self.out_std), name="out_proj")(out)
 
@@ -103,11 +114,12 @@ class ResidualAttentionBlock(nn.Module):
     dtype: Any
     eps: float
     out_std: float
+    attention: str = "einsum"
 
     @nn.compact
     def __call__(self, x):
         x = x + MultiHeadAttention(self.width, self.heads, self.causal, self.dtype,
-                                   self.out_std, name="attn")(LayerNorm(self.eps, name="ln_1")(x))
+                                   self.out_std, self.attention, name="attn")(LayerNorm(self.eps, name="ln_1")(x))
         x = x + MLP(self.width, self.mlp_dim, self.act, self.dtype, self.out_std,
                     name="mlp")(LayerNorm(self.eps, name="ln_2")(x))
         return x
@@ -125,6 +137,7 @@ class Transformer(nn.Module):
     dtype: Any
     eps: float
     remat: bool = False
+    attention: str = "einsum"
 
     @nn.compact
     def __call__(self, x):
@@ -133,7 +146,7 @@ class Transformer(nn.Module):
         out_std = self.width ** -0.5 * (2 * self.layers) ** -0.5
         for i in range(self.layers):
             x = block(self.width, self.heads, self.mlp_dim, self.act, self.causal, self.dtype,
-                      self.eps, out_std, name=f"resblocks_{i}")(x)
+                      self.eps, out_std, self.attention, name=f"resblocks_{i}")(x)
         return x
 
 

@@ -42,7 +42,7 @@ class TextTransformer(nn.Module):
         x = x + pos[:length].astype(dtype)
         x = Transformer(width, cfg.text_layers, cfg.text_heads, cfg.text_mlp_dim, cfg.act,
                         causal=True, dtype=dtype, eps=cfg.layer_norm_eps, remat=cfg.remat,
-                        name="transformer")(x)
+                        attention=cfg.attention, name="transformer")(x)
         x = LayerNorm(cfg.layer_norm_eps, name="ln_final")(x)
         x = x[jnp.arange(x.shape[0]), eot_positions(tokens, cfg.eos_token_id)]
         proj = self.param("text_projection", nn.initializers.normal(width ** -0.5),

@@ -40,7 +40,7 @@ class VisionTransformer(nn.Module):
         x = LayerNorm(cfg.layer_norm_eps, name="ln_pre")(x)
         x = Transformer(width, cfg.vision_layers, cfg.vision_heads, cfg.vision_mlp_dim,
                         cfg.act, causal=False, dtype=dtype, eps=cfg.layer_norm_eps,
-                        remat=cfg.remat, name="transformer")(x)
+                        remat=cfg.remat, attention=cfg.attention, name="transformer")(x)
         x = LayerNorm(cfg.layer_norm_eps, name="ln_post")(x[:, 0])
         proj = self.param("proj", nn.initializers.normal(scale), (width, cfg.embed_dim))
         return jnp.dot(x, proj.astype(dtype)).astype(jnp.float32)
