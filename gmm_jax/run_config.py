@@ -89,7 +89,8 @@ def validate_config(config, reference=None) -> None:
     if config.init and any(config.model.get(f) is not None for f in MODEL_FIELDS):
         set_ = [f for f in MODEL_FIELDS if config.model.get(f) is not None]
         raise ValueError(f"config.model.{set_[0]} is set but config.init={config.init!r} fixes "
-                         "the architecture (only model.dtype / model.remat / model.attention apply)")
+                         "the architecture (only model.dtype / model.remat / "
+                         "model.attention apply)")
 
 
 def config_to_json(config) -> str:

@@ -118,8 +118,9 @@ class ResidualAttentionBlock(nn.Module):
 
     @nn.compact
     def __call__(self, x):
-        x = x + MultiHeadAttention(self.width, self.heads, self.causal, self.dtype,
-                                   self.out_std, self.attention, name="attn")(LayerNorm(self.eps, name="ln_1")(x))
+        attn = MultiHeadAttention(self.width, self.heads, self.causal, self.dtype,
+                                  self.out_std, self.attention, name="attn")
+        x = x + attn(LayerNorm(self.eps, name="ln_1")(x))
         x = x + MLP(self.width, self.mlp_dim, self.act, self.dtype, self.out_std,
                     name="mlp")(LayerNorm(self.eps, name="ln_2")(x))
         return x
