@@ -229,16 +229,30 @@ def fingerprint(cfg, drop=_NOT_TRAINING) -> str:
 
 def same_training(recorded: Optional[str], fp: str) -> bool:
     """Whether a stage recorded with fingerprint ``recorded`` trained what ``fp`` asks
-    for: equal, or equal but for config keys added to ``configs/default.py`` since,
-    left at their defaults (a new knob's default keeps the old behaviour), so that
-    finished stages survive a new version of the package."""
+    for: equal up to (a) loss knobs the recipe never reads (an ``ft`` run is the same
+    for every ``loss.c_m2``, so a sweep over it can share one) and (b) config keys added
+    to ``configs/default.py`` since, left at their defaults (a new knob's default keeps
+    the old behaviour), so that finished stages survive a new version of the package."""
     if recorded == fp:
         return True
     if recorded is None:
         return False
     from gmm_jax.configs import default
     defaults = json.loads(default.get_config().to_json_best_effort(sort_keys=True))
-    return _equal_but_new_defaults(json.loads(recorded), json.loads(fp), defaults)
+    old, new = _without_unused_loss_knobs(recorded), _without_unused_loss_knobs(fp)
+    return _equal_but_new_defaults(old, new, defaults)
+
+
+def _without_unused_loss_knobs(fp: str) -> dict:
+    from gmm_jax.loss_spec import LossSpec
+    d = json.loads(fp)
+    loss = d.get("loss", {})
+    try:
+        unused = LossSpec.from_config(loss).unused_fields()
+    except ValueError:  # a section this version cannot read: compare it whole
+        return d
+    d["loss"] = {k: v for k, v in loss.items() if k not in unused}
+    return d
 
 
 def _equal_but_new_defaults(old: dict, new: dict, defaults) -> bool:

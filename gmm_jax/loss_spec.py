@@ -123,3 +123,20 @@ class LossSpec:
     def spreads(self) -> bool:
         """Whether the recipe has the uniformity/alignment terms (``cua``, ``cuaxu``)."""
         return self.method in ("cua", "cuaxu")
+
+    def unused_fields(self) -> tuple[str, ...]:
+        """The objective's knobs this recipe never reads (``losses.loss_terms``): e.g. the
+        m2-Mix weights of a ``clip`` run, ``swap_p`` without swapping. Runs that differ
+        only there train the same thing (the random draws do not depend on them)."""
+        out = []
+        if not self.mixes:
+            out += ["mix_schedule", "mix_form", "c_m2", "beta_m2", "m2_scale"]
+        if self.method != "m3mix":
+            out += ["c_u", "beta_u", "c_vl", "beta_vl"]
+        if not self.spreads:
+            out += ["w_uniformity", "w_alignment", "uniformity_t", "alignment_alpha"]
+        if self.method != "cuaxu":
+            out += ["w_cross_uniformity"]
+        if self.swap == "none":
+            out += ["swap_p"]
+        return tuple(out)

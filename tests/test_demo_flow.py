@@ -329,7 +329,7 @@ def test_stages_survive_a_new_config_key_at_its_default(tmp_path):
     with pytest.raises(demo_flow.DemoError, match="different training config"):
         demo_flow.stage_done(str(stage), demo_flow.fingerprint(cfg))
     record(json.loads(demo_flow.fingerprint(cfg)))
-    cfg.loss.c_m2 = 0.5                 # a recorded key changed
+    cfg.optim.lr = 0.5                  # a recorded key changed
     with pytest.raises(demo_flow.DemoError, match="different training config"):
         demo_flow.stage_done(str(stage), demo_flow.fingerprint(cfg))
     old = json.loads(demo_flow.fingerprint(cfg))
@@ -337,3 +337,21 @@ def test_stages_survive_a_new_config_key_at_its_default(tmp_path):
     record(old)
     with pytest.raises(demo_flow.DemoError, match="different training config"):
         demo_flow.stage_done(str(stage), demo_flow.fingerprint(cfg))
+
+
+def test_an_ft_stage_is_shared_across_loss_knobs_it_never_reads(tmp_path):
+    """ft (CLIP loss) does not read loss.c_m2: a finished ft stage serves every c_m2 of a
+    sweep; an m2mix stage does not, nor does ft once swapping (which it reads) changes."""
+    config = tiny_demo_config(str(tmp_path / "data"))
+    for name, shared in (("ft", True), ("m2mix", False)):
+        stage = tmp_path / name
+        os.makedirs(stage / "checkpoints" / "7")
+        cfg = demo_flow.finetune_config(config, name, str(tmp_path / "init"), 0.02)
+        with open(stage / demo_flow.STAGE_MARKER, "w") as f:
+            json.dump({"fingerprint": demo_flow.fingerprint(cfg), "done": True, "step": 7}, f)
+        cfg.loss.c_m2 = cfg.loss.c_m2 * 5
+        if shared:
+            assert demo_flow.stage_done(str(stage), demo_flow.fingerprint(cfg))
+            cfg.loss.swap, cfg.loss.swap_p = "hard", 0.5
+        with pytest.raises(demo_flow.DemoError, match="different training config"):
+            demo_flow.stage_done(str(stage), demo_flow.fingerprint(cfg))
