@@ -86,7 +86,7 @@ def demo_section() -> ml_collections.ConfigDict:
     p = d.pretrain = ml_collections.ConfigDict()
     p.train_split = "source_train"
     p.num_epochs = 5
-    p.total_steps = 4000          # > 0: overrides num_epochs (4000 x 128 = 26 epochs)
+    p.total_steps = 8000          # > 0: overrides num_epochs (8000 x 128 = 17 epochs)
     p.batch_size = 128
     p.lr = 1e-3
     p.weight_decay = 0.1

@@ -21,7 +21,7 @@ from PIL import Image
 from gmm_jax.data import demo_render
 
 DEFAULT_SPLIT_SIZES = {
-    "source_train": 20000, "source_test": 1000, "target_train": 4000, "target_test": 1000,
+    "source_train": 60000, "source_test": 1000, "target_train": 4000, "target_test": 1000,
     "shift_background": 1000, "shift_combo": 1000,
 }
 CLASS_NAMES = demo_render.SHAPES
@@ -66,13 +66,15 @@ def _render(args):
 class GmmDemo(tfds.core.GeneratorBasedBuilder):
     """Synthetic captioned scenes with distribution shifts, for the gmm_jax demo."""
 
-    VERSION = tfds.core.Version("3.0.0")
+    VERSION = tfds.core.Version("4.0.0")
     RELEASE_NOTES = {"1.0.0": "First release.",
                      "2.0.0": "Captions at several levels of detail; 11 colours, 3 sizes, "
                               "9 positions; 20,000 source_train scenes.",
                      "3.0.0": "Test captions all name every attribute; training splits add "
                               "three captions of less detail; larger objects; outlined "
-                              "objects in the source splits too."}
+                              "objects in the source splits too.",
+                     "4.0.0": "Source splits as varied as web data: one or two objects, and "
+                              "a third background (wavy bands)."}
     BUILDER_CONFIGS = [GmmDemoConfig(name="default", description="full size"),
                        small_config(0.1, name="small")]
     DEFAULT_CONFIG_NAME = "default"

@@ -32,8 +32,8 @@ _POS_XY = tuple((x, y) for y in (14, 32, 50) for x in (14, 32, 50))
 _POS_PHRASE = ("in the top-left corner", "at the top", "in the top-right corner",
                "on the left", "in the center", "on the right", "in the bottom-left corner",
                "at the bottom", "in the bottom-right corner")
-BACKGROUNDS = ("plain", "gradient", "stripes", "checker", "noise", "dots")
-_BG_ADJ = ("plain", "gradient", "striped", "checkered", "noisy", "dotted")
+BACKGROUNDS = ("plain", "gradient", "stripes", "checker", "noise", "dots", "waves")
+_BG_ADJ = ("plain", "gradient", "striped", "checkered", "noisy", "dotted", "wavy")
 STYLES = ("filled", "outlined")
 COUNTS = (1, 2)
 
@@ -48,12 +48,12 @@ HELD_OUT_COMBOS = frozenset((s, (3 * s + 2) % len(COLOURS)) for s in range(len(S
 
 # Per split: allowed backgrounds, styles, counts, and which colour-shape combos.
 SPLIT_RULES = {
-    "source_train": dict(backgrounds=(0, 1), styles=(0, 1), counts=(1,), combos="seen"),
-    "source_test": dict(backgrounds=(0, 1), styles=(0, 1), counts=(1,), combos="seen"),
+    "source_train": dict(backgrounds=(0, 1, 6), styles=(0, 1), counts=(1, 2), combos="seen"),
+    "source_test": dict(backgrounds=(0, 1, 6), styles=(0, 1), counts=(1, 2), combos="seen"),
     "target_train": dict(backgrounds=(2, 3), styles=(0, 1), counts=(1, 2), combos="seen"),
     "target_test": dict(backgrounds=(2, 3), styles=(0, 1), counts=(1, 2), combos="seen"),
     "shift_background": dict(backgrounds=(4, 5), styles=(0, 1), counts=(1, 2), combos="seen"),
-    "shift_combo": dict(backgrounds=(0, 1, 2, 3), styles=(0, 1), counts=(1, 2),
+    "shift_combo": dict(backgrounds=(0, 1, 2, 3, 6), styles=(0, 1), counts=(1, 2),
                         combos="held_out"),
 }
 SPLIT_IDS = {name: i for i, name in enumerate(SPLIT_RULES)}
@@ -104,6 +104,13 @@ def _background(kind: int, rng: np.random.Generator) -> np.ndarray:
         step, rad = rng.uniform(7, 11), rng.uniform(1.5, 2.5)
         d = np.hypot((xx % step) - step / 2, (yy % step) - step / 2)
         return np.where((d < rad)[..., None], b, img)
+    if name == "waves":  # hard-edged bands that wander like a sine: busy, but not stripes
+        ang, period = rng.uniform(0, np.pi), rng.uniform(8, 14)
+        amp, wavelength = rng.uniform(2, 5), rng.uniform(16, 32)
+        u = np.cos(ang) * xx + np.sin(ang) * yy
+        v = -np.sin(ang) * xx + np.cos(ang) * yy
+        t = (u + amp * np.sin(2 * np.pi * v / wavelength)) / period
+        return np.where((np.floor(t) % 2 == 0)[..., None], a, b)
     raise ValueError(f"unknown background {kind}")
 
 
