@@ -46,15 +46,20 @@ _BG_TONES = np.array([(150, 150, 150), (120, 140, 160), (170, 150, 120), (110, 1
 # per shape; `shift_combo` uses only these.
 HELD_OUT_COMBOS = frozenset((s, (3 * s + 2) % len(COLOURS)) for s in range(len(SHAPES)))
 
-# Per split: allowed backgrounds, styles, counts, and which colour-shape combos.
+# Per split: allowed backgrounds, styles, counts, which colour-shape combos, and the
+# camera: the target domain's is a false-colour one (channels rotated, as in false-colour
+# satellite images: a red object looks green), while captions name the true colours.
 SPLIT_RULES = {
     "source_train": dict(backgrounds=(0, 1, 6), styles=(0, 1), counts=(1, 2), combos="seen"),
     "source_test": dict(backgrounds=(0, 1, 6), styles=(0, 1), counts=(1, 2), combos="seen"),
-    "target_train": dict(backgrounds=(2, 3), styles=(0, 1), counts=(1, 2), combos="seen"),
-    "target_test": dict(backgrounds=(2, 3), styles=(0, 1), counts=(1, 2), combos="seen"),
-    "shift_background": dict(backgrounds=(4, 5), styles=(0, 1), counts=(1, 2), combos="seen"),
+    "target_train": dict(backgrounds=(2, 3), styles=(0, 1), counts=(1, 2), combos="seen",
+                         false_colour=True),
+    "target_test": dict(backgrounds=(2, 3), styles=(0, 1), counts=(1, 2), combos="seen",
+                        false_colour=True),
+    "shift_background": dict(backgrounds=(4, 5), styles=(0, 1), counts=(1, 2), combos="seen",
+                             false_colour=True),
     "shift_combo": dict(backgrounds=(0, 1, 2, 3, 6), styles=(0, 1), counts=(1, 2),
-                        combos="held_out"),
+                        combos="held_out", false_colour=True),
 }
 SPLIT_IDS = {name: i for i, name in enumerate(SPLIT_RULES)}
 
@@ -71,6 +76,7 @@ def sample_scene(rng: np.random.Generator, split: str) -> dict:
         background=int(rng.choice(rules["backgrounds"])), style=int(rng.choice(rules["styles"])),
         count=int(rng.choice(rules["counts"])),
         bg_seed=int(rng.integers(2**31)), jitter=rng.uniform(-1, 1, size=6).astype(np.float32),
+        false_colour=bool(rules.get("false_colour", False)),
     )
 
 
@@ -190,8 +196,8 @@ def render_scene(scene: dict) -> np.ndarray:
     alpha = np.asarray(canvas.resize((IMAGE_SIZE, IMAGE_SIZE), Image.BOX),
                        np.float32)[..., None] / 255.0
     colour = np.clip(_COLOUR_RGB[scene["colour"]] + 12 * scene["jitter"][3:6], 0, 255)
-    img = bg * (1 - alpha) + colour * alpha
-    return np.clip(np.round(img), 0, 255).astype(np.uint8)
+    img = np.clip(np.round(bg * (1 - alpha) + colour * alpha), 0, 255).astype(np.uint8)
+    return img[..., [2, 0, 1]] if scene.get("false_colour") else img
 
 
 def _plural(shape: str) -> str:
