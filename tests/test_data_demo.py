@@ -208,3 +208,20 @@ def test_parallel_generation_equals_serial(tmp_path):
     for x, y in zip(*out):
         assert np.array_equal(x["image"], y["image"])
         assert list(x["captions"]) == list(y["captions"])
+
+
+def test_target_domain_camera_is_false_colour():
+    """Target-domain splits render the scene through a false-colour camera (channels
+    rotated: a red object looks green); captions still name the true colour."""
+    for split in demo_render.SPLIT_RULES:
+        ex = demo_render.make_example(split, 3)
+        plain = demo_render.render_scene(dict(ex["scene"], false_colour=False))
+        want = plain[..., [2, 0, 1]] if not split.startswith("source") else plain
+        assert np.array_equal(ex["image"], want), split
+        colour = demo_render.COLOURS[ex["scene"]["colour"]]
+        assert all(colour in c for c in ex["captions"][:5]), split
+    red = dict(demo_render.sample_scene(np.random.default_rng(0), "target_test"),
+               colour=demo_render.COLOURS.index("red"), background=0, count=1, style=0)
+    img = demo_render.render_scene(red).astype(int)
+    centre = img[tuple(int(v) for v in demo_render.object_centres(red)[0][1::-1])]
+    assert centre[1] > 150 and centre[0] < 80, centre  # looks green
