@@ -8,6 +8,7 @@ naming shape, colour, size, position, background; count and style when they appl
 retrieval queries of the test splits. Training splits add three captions of less detail,
 as web captions come: one leaves one or two attributes out, one names the shape and its
 colour, one only the shape (like the zero-shot prompts). No caption names anything false.
+Scenes of the target domain are seen through a false-colour camera (``SPLIT_RULES``).
 """
 from __future__ import annotations
 
