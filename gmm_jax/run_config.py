@@ -8,6 +8,7 @@ import json
 import ml_collections
 
 from gmm_jax import losses, paths, train_state
+from gmm_jax.models.config import ATTENTIONS
 
 MODEL_FIELDS = ("embed_dim", "act", "image_size", "patch_size", "vision_width",
                 "vision_layers", "vision_heads", "vision_mlp_dim", "vocab_size",
@@ -18,7 +19,7 @@ CHOICES = {
     "loss.mix_form": losses.MIX_FORMS, "loss.swap": losses.SWAPS,
     "loss.temperature": train_state.TEMPERATURES, "loss_impl": ("global", "local"),
     "model.dtype": ("float32", "bfloat16"),
-    "model.attention": ("einsum", "xla", "cudnn"), "optim.name": ("adamw",),
+    "model.attention": ATTENTIONS, "optim.name": ("adamw",),
     "optim.schedule": ("cosine", "constant"),
     "data.name": ("coco", "flickr30k", "image_text_files", "demo", "class_captions"),
     "data.caption_mode": ("first", "random"),
