@@ -219,12 +219,39 @@ def eval_config(config) -> ml_collections.ConfigDict:
 
 
 def fingerprint(cfg, drop=_NOT_TRAINING) -> str:
+    """What a training stage trained: its config without the keys that do not change
+    training, with the initial model named by its content (the same model at another
+    path, e.g. another install of the package, is the same start; a new model at the same
+    path is not) and, for the demo data, the dataset version (a package upgrade that
+    changes the world must not reuse stages trained on the old one)."""
     d = json.loads(cfg.to_json_best_effort(sort_keys=True))
     for k in drop:
         d.pop(k, None)
-    d.get("data", {}).pop("eval_split", None)
-    d.get("data", {}).pop("data_dir", None)
+    data = d.get("data", {})
+    data.pop("eval_split", None)
+    data.pop("data_dir", None)
+    if d.get("init"):
+        d["init"] = model_identity(d["init"])
+    if data.get("name") == "demo":
+        from gmm_jax.data import demo as demo_data
+        data["demo_version"] = str(demo_data.GmmDemo.VERSION)
     return json.dumps(d, sort_keys=True)
+
+
+def model_identity(init: str) -> str:
+    """``sha256:<hash of every file>`` for a model directory (one with the config file
+    ``save_pretrained`` writes); any other ``init`` (a hub name) as given."""
+    from gmm_jax import pretrained
+    if not fs.isfile(fs.join(init, pretrained.CONFIG_FILE)):
+        return init
+    def files(d):  # epath refuses rglob (it could mean thousands of GCS requests)
+        for p in sorted(d.iterdir()):
+            yield from files(p) if p.is_dir() else [p]
+    root = fs.path(init)
+    h = hashlib.sha256()
+    for f in files(root):
+        h.update(str(f.relative_to(root)).encode() + b"\0" + f.read_bytes())
+    return "sha256:" + h.hexdigest()[:16]
 
 
 def same_training(recorded: Optional[str], fp: str) -> bool:
@@ -269,6 +296,19 @@ def _equal_but_new_defaults(old: dict, new: dict, defaults) -> bool:
     return True
 
 
+def _changed_keys(recorded: Optional[str], fp: str) -> list[str]:
+    """The dotted config keys in which two fingerprints differ (for the error message)."""
+    def flat(d, prefix=""):
+        out = {}
+        for k, v in d.items():
+            out.update(flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {prefix + k: v})
+        return out
+    if recorded is None:
+        return ["everything (no fingerprint recorded)"]
+    a, b, missing = flat(json.loads(recorded)), flat(json.loads(fp)), object()
+    return sorted(k for k in set(a) | set(b) if a.get(k, missing) != b.get(k, missing))
+
+
 # --------------------------------------------------------------------------- stages
 
 _read_json = fs.read_json_or_none  # markers: None when missing or cut short
@@ -286,8 +326,9 @@ def stage_done(stage_dir: str, fp: str) -> bool:
     if marker is None:
         return False
     if not same_training(marker.get("fingerprint"), fp):
-        raise DemoError(f"{stage_dir} holds a run of a different training config; use another "
-                        "--workdir (or delete that directory) to train with this one")
+        raise DemoError(f"{stage_dir} holds a run of a different training config (it differs "
+                        f"in {', '.join(_changed_keys(marker.get('fingerprint'), fp))}); use "
+                        "another --workdir (or delete that directory) to train with this one")
     if not marker.get("done"):
         return False
     return fs.isdir(fs.join(stage_dir, "checkpoints", str(marker["step"])))

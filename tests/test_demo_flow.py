@@ -355,3 +355,38 @@ def test_an_ft_stage_is_shared_across_loss_knobs_it_never_reads(tmp_path):
             cfg.loss.swap, cfg.loss.swap_p = "hard", 0.5
         with pytest.raises(demo_flow.DemoError, match="different training config"):
             demo_flow.stage_done(str(stage), demo_flow.fingerprint(cfg))
+
+
+def test_a_stage_knows_its_start_model_by_content_and_its_world_by_version(tmp_path):
+    """The same pre-trained model at another path (another install of the package) is the
+    same start; a changed model at the same path is not, nor is another version of the
+    demo world; the refusal names the keys that differ."""
+    import shutil
+
+    from gmm_jax import demo_model
+    from gmm_jax.data import demo as demo_data
+    config = tiny_demo_config(str(tmp_path / "data"))
+    a, b = tmp_path / "install_a" / "demo_clip", tmp_path / "install_b" / "demo_clip"
+    shutil.copytree(demo_model.shipped_dir(), a)
+    shutil.copytree(demo_model.shipped_dir(), b)
+    stage = tmp_path / "ft"
+    os.makedirs(stage / "checkpoints" / "7")
+
+    def record(fp):
+        with open(stage / demo_flow.STAGE_MARKER, "w") as f:
+            json.dump({"fingerprint": fp, "done": True, "step": 7}, f)
+
+    fp_a = demo_flow.fingerprint(demo_flow.finetune_config(config, "ft", str(a), 0.02))
+    assert json.loads(fp_a)["data"]["demo_version"] == str(demo_data.GmmDemo.VERSION)
+    record(fp_a)
+    cfg_b = demo_flow.finetune_config(config, "ft", str(b), 0.02)
+    assert demo_flow.stage_done(str(stage), demo_flow.fingerprint(cfg_b))
+    with open(b / "metrics.json", "a") as f:  # the model at b is now another model
+        f.write(" ")
+    with pytest.raises(demo_flow.DemoError, match=r"differs in init\)"):
+        demo_flow.stage_done(str(stage), demo_flow.fingerprint(cfg_b))
+    older_world = json.loads(fp_a)
+    older_world["data"]["demo_version"] = "3.0.0"
+    record(json.dumps(older_world, sort_keys=True))
+    with pytest.raises(demo_flow.DemoError, match=r"differs in data\.demo_version\)"):
+        demo_flow.stage_done(str(stage), fp_a)
