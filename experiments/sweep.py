@@ -189,7 +189,9 @@ def aggregate(results: dict, metrics: list[str], baseline: str = BASELINE) -> di
             flat = [run_metrics(by_seed[s], r) for s in seeds]
             vals = {k: [m[k] for m in flat] for k in metrics if all(k in m for m in flat)}
             cell["runs"][r] = {k: {"mean": float(np.mean(v)),
-                                   "std": float(np.std(v, ddof=1)) if len(v) > 1 else 0.0,
+                                   # equal values (the pre-trained model's, one per seed)
+                                   # have std 0, not np.std's rounding residue (1e-16)
+                                   "std": float(np.std(v, ddof=1)) if len(set(v)) > 1 else 0.0,
                                    "values": [float(x) for x in v]} for k, v in vals.items()}
         for r in runs:
             if r in (baseline, "pretrained") or baseline not in runs or len(seeds) < 2:

@@ -93,7 +93,8 @@ def test_captioning_scores_are_run_metrics():
     (and is aggregated over fine-tuning seeds like any other key)."""
     def report(seed):
         rep = _fake_report({"loss.c_m2": 0.01}, seed)
-        rep["captioning"] = {"runs": {r: {"mean": {"captioning/cider": 1.0 + i + 0.1 * seed},
+        rep["captioning"] = {"runs": {r: {"mean": {"captioning/cider": 0.1 if r == "pretrained"
+                                                   else 1.0 + i + 0.1 * seed},
                                           "per_seed": []}
                                       for i, r in enumerate(("pretrained", "ft", "m2mix"))}}
         return rep
@@ -104,6 +105,9 @@ def test_captioning_scores_are_run_metrics():
         _fake_report({"loss.c_m2": 0.01}, 0)["runs"]["ft"]  # no captioning stage
     cell = sweep.aggregate(results, METRICS + ["captioning/cider"])["c"]
     assert cell["runs"]["m2mix"]["captioning/cider"]["values"] == pytest.approx([3.0, 3.1, 3.2])
+    # the pre-trained model scores the same under every seed: its spread is exactly 0
+    # (np.std of [0.1] * 3 is 1.7e-17)
+    assert cell["runs"]["pretrained"]["captioning/cider"]["std"] == 0.0
     diff = cell["vs_ft"]["m2mix"]["captioning/cider"]
     assert (diff["mean"], diff["lo"], diff["hi"]) == pytest.approx((1.0, 1.0, 1.0))
 
