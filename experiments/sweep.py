@@ -212,7 +212,10 @@ def _difference(d) -> str:
     ``–`` when missing."""
     if not d:
         return "–"
-    return (f"{d['mean']:+.3g} [{d['lo']:+.3g}, {d['hi']:+.3g}]"
+    mean = d["mean"]
+    if abs(mean) < 1e-9 * max(abs(d["lo"]), abs(d["hi"])):
+        mean = 0.0  # rounding residue of differences like 75.9 - 75.8 - 0.1, not an effect
+    return (f"{mean:+.3g} [{d['lo']:+.3g}, {d['hi']:+.3g}]"
             + (" *" if d["excludes_zero"] else ""))
 
 

@@ -123,3 +123,12 @@ def test_report_runs_keeps_the_named_runs_and_the_baseline():
     assert sweep.keep_runs(results, []) is results
     with pytest.raises(ValueError, match=r"\['cua'\] not in the sweep's runs"):
         sweep.keep_runs(results, ["cua", "ft"])
+
+
+def test_a_difference_is_shown_without_rounding_residue():
+    """Per-seed differences of percentages (+0.1, -0.1, ...) can average to 1e-15: shown
+    as 0, while a small real effect keeps its value."""
+    d = {"mean": -2.84e-15, "lo": -0.0878, "hi": 0.0878, "excludes_zero": False}
+    assert sweep._difference(d) == "+0 [-0.0878, +0.0878]"
+    d = {"mean": -0.00252, "lo": -0.517, "hi": -0.00252 / 2, "excludes_zero": True}
+    assert sweep._difference(d) == "-0.00252 [-0.517, -0.00126] *"
