@@ -297,7 +297,8 @@ def _equal_but_new_defaults(old: dict, new: dict, defaults) -> bool:
 
 
 def _changed_keys(recorded: Optional[str], fp: str) -> list[str]:
-    """The dotted config keys in which two fingerprints differ (for the error message)."""
+    """The dotted config keys in which two fingerprints differ, loss knobs the recipe never
+    reads left out (for the error message)."""
     def flat(d, prefix=""):
         out = {}
         for k, v in d.items():
@@ -305,7 +306,8 @@ def _changed_keys(recorded: Optional[str], fp: str) -> list[str]:
         return out
     if recorded is None:
         return ["everything (no fingerprint recorded)"]
-    a, b, missing = flat(json.loads(recorded)), flat(json.loads(fp)), object()
+    a, b = (flat(_without_unused_loss_knobs(x)) for x in (recorded, fp))
+    missing = object()
     return sorted(k for k in set(a) | set(b) if a.get(k, missing) != b.get(k, missing))
 
 

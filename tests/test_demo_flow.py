@@ -390,3 +390,8 @@ def test_a_stage_knows_its_start_model_by_content_and_its_world_by_version(tmp_p
     record(json.dumps(older_world, sort_keys=True))
     with pytest.raises(demo_flow.DemoError, match=r"differs in data\.demo_version\)"):
         demo_flow.stage_done(str(stage), fp_a)
+    record(fp_a)  # ft never reads c_m2: only the learning rate is named
+    cfg_a = demo_flow.finetune_config(config, "ft", str(a), 0.02)
+    cfg_a.loss.c_m2, cfg_a.optim.lr = cfg_a.loss.c_m2 * 5, cfg_a.optim.lr * 2
+    with pytest.raises(demo_flow.DemoError, match=r"differs in optim\.lr\)"):
+        demo_flow.stage_done(str(stage), demo_flow.fingerprint(cfg_a))
