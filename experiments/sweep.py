@@ -20,7 +20,9 @@ per-seed difference with ft and its 95% Student-t interval, see
 ``gmm_jax.paired_stats``), ``sweep_report.md`` (one table per headline metric) and
 ``sweep_<metric>.png`` (one figure per headline metric: mean ± std over seeds per cell)
 and ``sweep_vs_ft_<cell>.png`` (per cell: every run's paired difference with ft and its
-95% interval, one panel per metric).
+95% interval, one panel per metric); with a two-key grid also
+``sweep_grid_<run>_vs_ft.png`` (one heatmap per metric of the run's paired difference
+over the grid).
 With the demo's captioning stage on, ``--metrics`` may name ``captioning/*`` keys (each
 run's captioner, mean over ``config.demo.captioning.seeds``).
 """
@@ -31,7 +33,7 @@ import json
 import os
 import sys
 import time
-from typing import Callable
+from typing import Callable, Optional
 
 from absl import app, flags
 from ml_collections import config_flags
@@ -207,15 +209,18 @@ def aggregate(results: dict, metrics: list[str], baseline: str = BASELINE) -> di
     return agg
 
 
+def _shown_mean(d) -> float:
+    """A paired difference's mean, 0 where it is only the rounding residue of differences
+    like 75.9 - 75.8 - 0.1 (1e-15, far below its interval), not an effect."""
+    return 0.0 if abs(d["mean"]) < 1e-9 * max(abs(d["lo"]), abs(d["hi"])) else d["mean"]
+
+
 def _difference(d) -> str:
     """A paired difference as ``+mean [lo, hi]`` (`` *`` when the interval excludes zero);
     ``–`` when missing."""
     if not d:
         return "–"
-    mean = d["mean"]
-    if abs(mean) < 1e-9 * max(abs(d["lo"]), abs(d["hi"])):
-        mean = 0.0  # rounding residue of differences like 75.9 - 75.8 - 0.1, not an effect
-    return (f"{mean:+.3g} [{d['lo']:+.3g}, {d['hi']:+.3g}]"
+    return (f"{_shown_mean(d):+.3g} [{d['lo']:+.3g}, {d['hi']:+.3g}]"
             + (" *" if d["excludes_zero"] else ""))
 
 
@@ -334,7 +339,66 @@ def difference_figure(cell: dict, metrics: list[str], out_path: str,
     return out_path
 
 
-def write_reports(workdir: str, results: dict, metrics: list[str], command: str) -> dict:
+def grid_matrix(agg: dict, grid: dict, metric: str, run: str, baseline: str = BASELINE):
+    """A two-key grid's paired differences as matrices (rows: the first key's values,
+    columns: the second's): ``(means, excludes_zero)``, NaN / False where missing."""
+    import numpy as np
+    (k1, v1s), (k2, v2s) = grid.items()
+    means = np.full((len(v1s), len(v2s)), np.nan)
+    excl = np.zeros(means.shape, bool)
+    for i, v1 in enumerate(v1s):
+        for j, v2 in enumerate(v2s):
+            cell = agg.get(cell_name({k1: v1, k2: v2}), {})
+            d = cell.get("vs_" + baseline, {}).get(run, {}).get(metric)
+            if d:
+                means[i, j], excl[i, j] = _shown_mean(d), d["excludes_zero"]
+    return means, excl
+
+
+def grid_figure(agg: dict, grid: dict, metrics: list[str], run: str, out_path: str,
+                baseline: str = BASELINE) -> str:
+    """One heatmap per metric of ``run − baseline`` over a two-key grid; green where the
+    run is better (by the metric's direction), purple where worse, each square labelled
+    with the difference (``*``: its 95% interval excludes zero)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    from gmm_jax.report import better
+    (k1, v1s), (k2, v2s) = grid.items()
+    cols = min(3, len(metrics))
+    rows = -(-len(metrics) // cols)
+    fig, axes = plt.subplots(rows, cols, squeeze=False,
+                             figsize=(1.0 * len(v2s) * cols + 1.5, 0.55 * len(v1s) * rows + 1.0))
+    for ax, m in zip(axes.flat, metrics):
+        means, excl = grid_matrix(agg, grid, m, run, baseline)
+        gain = means * (-1.0 if better(m) == "↓" else 1.0)
+        lim = np.nanmax(np.abs(gain)) if np.isfinite(gain).any() else 1.0
+        ax.imshow(gain, cmap="PiYG", vmin=-lim, vmax=lim, aspect="auto")
+        for (i, j), v in np.ndenumerate(means):
+            if np.isfinite(v):
+                ax.text(j, i, f"{v:+.2g}" + ("*" if excl[i, j] else ""), ha="center",
+                        va="center", fontsize=6)
+        ax.set_title(f"{m} {better(m)}", fontsize=7)
+        ax.set_xticks(range(len(v2s)), [str(v) for v in v2s], fontsize=6)
+        ax.set_yticks(range(len(v1s)), [str(v) for v in v1s], fontsize=6)
+        ax.set_xlabel(k2.split(".")[-1], fontsize=7)
+        ax.set_ylabel(k1.split(".")[-1], fontsize=7)
+    for ax in axes.flat[len(metrics):]:
+        ax.axis("off")
+    fig.suptitle(f"{run} − {baseline} (mean over seeds; * = 95% interval excludes zero)",
+                 fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out_path, dpi=110)
+    plt.close(fig)
+    return out_path
+
+
+def write_reports(workdir: str, results: dict, metrics: list[str], command: str,
+                  grid: Optional[dict] = None) -> dict:
+    """The JSON and Markdown reports and their figures; with a two-key ``grid``, also one
+    heatmap figure per compared run."""
     agg = aggregate(results, metrics)
     with open(os.path.join(workdir, "sweep_report.json"), "w") as f:
         json.dump({"command": command, "cells": agg}, f, indent=1)
@@ -354,6 +418,10 @@ def write_reports(workdir: str, results: dict, metrics: list[str], command: str)
         for r in runs:
             md += [f"## `{r}` − `{BASELINE}` in every cell", "",
                    differences_table(agg, metrics, r)]
+            if grid and len(grid) == 2:
+                path = os.path.join(workdir, f"sweep_grid_{r}_vs_{BASELINE}.png")
+                figs[f"grid/{r}"] = grid_figure(agg, grid, metrics, r, path)
+                md.append(f"![{r} − {BASELINE} over the grid]({os.path.basename(path)})\n")
     md += ["## Per metric", ""]
     for m in metrics:
         md.append(markdown(agg, m))
@@ -398,7 +466,7 @@ def main(argv):
         sys.exit(f"sweep.py: error: --report_runs: {unknown} not in pretrained or "
                  f"--config.demo.runs={config.demo.runs}")
     results = keep_runs(run_grid(config, workdir, grid, seeds, run_one), shown)
-    write_reports(workdir, results, metrics, cmd)
+    write_reports(workdir, results, metrics, cmd, grid)
     print(f"sweep finished in {time.perf_counter() - t0:.0f} s: "
           f"{os.path.join(workdir, 'sweep_report.md')}")
 

@@ -132,3 +132,28 @@ def test_a_difference_is_shown_without_rounding_residue():
     assert sweep._difference(d) == "+0 [-0.0878, +0.0878]"
     d = {"mean": -0.00252, "lo": -0.517, "hi": -0.00252 / 2, "excludes_zero": True}
     assert sweep._difference(d) == "-0.00252 [-0.517, -0.00126] *"
+
+
+def test_a_two_key_grid_gets_a_heatmap_of_each_runs_differences(tmp_path):
+    """With two grid keys, the run's paired differences are laid out as a matrix (rows:
+    first key, columns: second key) equal to each cell's own, and drawn."""
+    grid = {"loss.c_m2": [0.001, 0.05], "optim.lr": [1e-4, 3e-4, 1e-3]}
+    results = {}
+    for n, cell in enumerate(sweep.cells(grid)):  # a distinct fake world per cell
+        results[sweep.cell_name(cell)] = {
+            s: _fake_report({"loss.c_m2": (n + 1) / 1000}, s) for s in range(3)}
+    out = sweep.write_reports(str(tmp_path), results, METRICS, "cmd", grid)
+    means, excl = sweep.grid_matrix(out["agg"], grid, METRICS[0], "m2mix")
+    assert means.shape == (2, 3)
+    for i, c in enumerate(grid["loss.c_m2"]):
+        for j, lr in enumerate(grid["optim.lr"]):
+            d = out["agg"][f"c_m2={c}_lr={lr}"]["vs_ft"]["m2mix"][METRICS[0]]
+            assert (means[i, j], excl[i, j]) == (d["mean"], d["excludes_zero"])
+    assert len(set(means.ravel().tolist())) > 1  # the cells really differ
+    fig = out["figures"]["grid/m2mix"]
+    md = open(tmp_path / "sweep_report.md").read()
+    assert os.path.getsize(fig) > 1000 and os.path.basename(fig) in md
+    os.makedirs(tmp_path / "one")  # one key: no heatmap
+    one_key = sweep.write_reports(str(tmp_path / "one"), {"c": results["c_m2=0.05_lr=0.001"]},
+                                  METRICS, "cmd", {"loss.c_m2": [0.05]})
+    assert not any(k.startswith("grid/") for k in one_key["figures"])
