@@ -126,7 +126,10 @@ def run_grid(config, workdir: str, grid: dict, seeds: list[int],
              run_one: Callable[[object, str], dict]) -> dict:
     """``{cell_name: {seed: demo report}}``; ``run_one(cfg, dir)`` returns a demo report
     and is skipped when ``dir/sweep_cell.json`` records the same overrides and the report
-    exists (and the base config, ``config_id``, is the same)."""
+    exists (and the base config, ``config_id``, and the demo world's version are the
+    same)."""
+    from gmm_jax.data import demo as demo_data
+    world = str(demo_data.GmmDemo.VERSION)  # a new world reruns every cell
     out = {}
     for cell in cells(grid):
         name = cell_name(cell)
@@ -135,8 +138,8 @@ def run_grid(config, workdir: str, grid: dict, seeds: list[int],
             d = os.path.join(workdir, name, f"seed{s}")
             marker, report = os.path.join(d, "sweep_cell.json"), os.path.join(
                 d, "demo_report.json")
-            want = {"cell": cell, "seed": s, "config": config_id(config)}
-            if os.path.exists(report) and _read(marker) == want:
+            want = {"cell": cell, "seed": s, "config": config_id(config), "world": world}
+            if os.path.exists(report) and _with_world(_read(marker)) == want:
                 out[name][s] = _read(report)
                 continue
             print(f"\n######## {name} seed {s}", flush=True)
@@ -145,6 +148,12 @@ def run_grid(config, workdir: str, grid: dict, seeds: list[int],
             with open(marker, "w") as f:
                 json.dump(want, f)
     return out
+
+
+def _with_world(marker):
+    """A cell marker with its world version; markers from before the version was recorded
+    were all written for gmm_demo 4.0.0 or older."""
+    return marker if marker is None or "world" in marker else {**marker, "world": "4.0.0"}
 
 
 def _read(path):

@@ -62,6 +62,14 @@ def test_runs_each_cell_once_resumes_and_reports(tmp_path):
     other.progress_bar = not other.progress_bar  # display only: reused
     sweep.run_grid(other, str(tmp_path), {"loss.c_m2": [0.05]}, [0], run_one)
     assert len(calls) == 7
+    from gmm_jax.data import demo as demo_data
+    version = demo_data.GmmDemo.VERSION
+    try:  # another version of the demo world: every cell runs again
+        demo_data.GmmDemo.VERSION = "99.0.0"
+        sweep.run_grid(other, str(tmp_path), {"loss.c_m2": [0.05]}, [0], run_one)
+        assert len(calls) == 8
+    finally:
+        demo_data.GmmDemo.VERSION = version
     out = sweep.write_reports(str(tmp_path), res, METRICS, "cmd")
     cell = out["agg"]["c_m2=0.05"]
     ft = [_fake_report({"loss.c_m2": 0.05}, s)["runs"]["ft"]["retrieval/i2t_r1"] for s in range(3)]
