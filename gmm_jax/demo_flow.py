@@ -400,6 +400,9 @@ def evaluate_model_dir(ecfg, model_dir: str, out: str, mesh, title: str) -> str:
     fp = {"model": model_id.hexdigest()[:16],
           "eval": json.loads(ecfg.eval.to_json_best_effort(sort_keys=True)),
           "data": json.loads(ecfg.data.to_json_best_effort(sort_keys=True))}
+    if fp["data"].get("name") == "demo":  # a new world is evaluated again
+        from gmm_jax.data import demo as demo_data
+        fp["data"]["demo_version"] = str(demo_data.GmmDemo.VERSION)
     fp["data"].pop("train_split", None)
     fp["eval"].pop("progress", None)
     if (_read_json(fs.join(out, EVAL_MARKER)) == fp

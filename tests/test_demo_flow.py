@@ -395,3 +395,32 @@ def test_a_stage_knows_its_start_model_by_content_and_its_world_by_version(tmp_p
     cfg_a.loss.c_m2, cfg_a.optim.lr = cfg_a.loss.c_m2 * 5, cfg_a.optim.lr * 2
     with pytest.raises(demo_flow.DemoError, match=r"differs in optim\.lr\)"):
         demo_flow.stage_done(str(stage), demo_flow.fingerprint(cfg_a))
+
+
+def test_the_shipped_models_evaluation_is_redone_for_a_new_world(tmp_path, monkeypatch):
+    """The pre-trained model's cached evaluation is reused for the same model, settings and
+    demo world, and redone when the world's version changes."""
+    from gmm_jax import eval_lib, pretrained
+    from gmm_jax.data import demo as demo_data
+    model_dir = tmp_path / "model"
+    os.makedirs(model_dir)
+    for f in (pretrained.CONFIG_FILE, "metrics.json"):
+        (model_dir / f).write_text("{}")
+    calls = []
+
+    def fake_evaluate(model, params, tok, ecfg, out, **kw):
+        calls.append(out)
+        os.makedirs(out, exist_ok=True)
+        with open(os.path.join(out, "metrics.json"), "w") as f:
+            json.dump({}, f)
+
+    monkeypatch.setattr(eval_lib, "evaluate", fake_evaluate)
+    monkeypatch.setattr(pretrained, "load_pretrained", lambda d: (None, None, None))
+    ecfg = demo_flow.eval_config(tiny_demo_config(str(tmp_path / "data")))
+    out = str(tmp_path / "eval")
+    for _ in range(2):
+        demo_flow.evaluate_model_dir(ecfg, str(model_dir), out, None, "t")
+    assert len(calls) == 1
+    monkeypatch.setattr(demo_data.GmmDemo, "VERSION", "99.0.0")
+    demo_flow.evaluate_model_dir(ecfg, str(model_dir), out, None, "t")
+    assert len(calls) == 2
