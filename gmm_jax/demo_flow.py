@@ -232,10 +232,16 @@ def fingerprint(cfg, drop=_NOT_TRAINING) -> str:
     data.pop("data_dir", None)
     if d.get("init"):
         d["init"] = model_identity(d["init"])
+    _record_world(data)
+    return json.dumps(d, sort_keys=True)
+
+
+def _record_world(data: dict) -> None:
+    """Add the demo dataset's version to a data config's dict (other datasets: as is), so
+    that a new version of the demo world is never served from caches of the old one."""
     if data.get("name") == "demo":
         from gmm_jax.data import demo as demo_data
         data["demo_version"] = str(demo_data.GmmDemo.VERSION)
-    return json.dumps(d, sort_keys=True)
 
 
 def model_identity(init: str) -> str:
@@ -392,17 +398,12 @@ def evaluate_stage(ecfg, stage_dir: str, marker: dict, mesh, title: str) -> str:
 
 def evaluate_model_dir(ecfg, model_dir: str, out: str, mesh, title: str) -> str:
     """Evaluate a model directory (the shipped model) into ``out``; reused when
-    ``demo_eval.json`` records the same model files and eval settings."""
+    ``demo_eval.json`` records the same model files, eval settings and demo world."""
     from gmm_jax import eval_lib, pretrained
-    model_id = hashlib.sha256(fs.read_bytes(fs.join(model_dir, pretrained.CONFIG_FILE)))
-    # metrics.json is written with every (re)made model
-    model_id.update(fs.read_bytes(fs.join(model_dir, "metrics.json")))
-    fp = {"model": model_id.hexdigest()[:16],
+    fp = {"model": model_identity(model_dir),
           "eval": json.loads(ecfg.eval.to_json_best_effort(sort_keys=True)),
           "data": json.loads(ecfg.data.to_json_best_effort(sort_keys=True))}
-    if fp["data"].get("name") == "demo":  # a new world is evaluated again
-        from gmm_jax.data import demo as demo_data
-        fp["data"]["demo_version"] = str(demo_data.GmmDemo.VERSION)
+    _record_world(fp["data"])
     fp["data"].pop("train_split", None)
     fp["eval"].pop("progress", None)
     if (_read_json(fs.join(out, EVAL_MARKER)) == fp
