@@ -225,3 +225,24 @@ def test_target_domain_camera_is_false_colour():
     img = demo_render.render_scene(red).astype(int)
     centre = img[tuple(int(v) for v in demo_render.object_centres(red)[0][1::-1])]
     assert centre[1] > 150 and centre[0] < 80, centre  # looks green
+
+
+def test_unseen_backgrounds_are_more_colourful_and_nothing_else_changes():
+    """shift_background's tones move 30% of the way to object colours (a float64
+    restatement on a plain background); every other split keeps the muted tones."""
+    from gmm_jax.data import demo_render as R
+    assert {s: r.get("tone_shift", 0.0) for s, r in R.SPLIT_RULES.items()} == {
+        **{s: 0.0 for s in R.SPLIT_RULES}, "shift_background": 0.3}
+    for seed in range(5):
+        i = np.random.default_rng(np.random.default_rng(seed).integers(2**31)).choice(
+            len(R._BG_TONES), 2, replace=False)[0]
+        want = (0.7 * R._BG_TONES[i].astype(np.float64)
+                + 0.3 * R._COLOUR_RGB[R._TONE_TARGETS[i]].astype(np.float64))
+        got = R._background(0, np.random.default_rng(seed), 0.3)  # plain: one tone
+        np.testing.assert_allclose(got.reshape(-1, 3),
+                                   np.broadcast_to(want, (R.IMAGE_SIZE ** 2, 3)), rtol=1e-6)
+        np.testing.assert_array_equal(R._background(0, np.random.default_rng(seed)),
+                                      np.broadcast_to(R._BG_TONES[i], got.shape))
+    scene = R.sample_scene(np.random.default_rng(0), "shift_background")
+    assert scene["tone_shift"] == 0.3
+    assert R.sample_scene(np.random.default_rng(0), "target_test")["tone_shift"] == 0.0

@@ -66,7 +66,7 @@ def _render(args):
 class GmmDemo(tfds.core.GeneratorBasedBuilder):
     """Synthetic captioned scenes with distribution shifts, for the gmm_jax demo."""
 
-    VERSION = tfds.core.Version("4.0.0")
+    VERSION = tfds.core.Version("5.0.0")
     RELEASE_NOTES = {"1.0.0": "First release.",
                      "2.0.0": "Captions at several levels of detail; 11 colours, 3 sizes, "
                               "9 positions; 20,000 source_train scenes.",
@@ -75,7 +75,10 @@ class GmmDemo(tfds.core.GeneratorBasedBuilder):
                               "objects in the source splits too.",
                      "4.0.0": "Source splits as varied as web data: one or two objects, a "
                               "third background (wavy bands), 60,000 scenes; the target "
-                              "domain through a false-colour camera."}
+                              "domain through a false-colour camera.",
+                     "5.0.0": "shift_background: unseen backgrounds in more colourful tones "
+                              "(30% of the way to the object colours); other splits "
+                              "unchanged."}
     BUILDER_CONFIGS = [GmmDemoConfig(name="default", description="full size"),
                        small_config(0.1, name="small")]
     DEFAULT_CONFIG_NAME = "default"
