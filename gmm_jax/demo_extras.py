@@ -89,16 +89,15 @@ def wise_ft_stage(config, workdir: str, stages: dict, markers: dict, names: list
     Returns ``wise_ft.json``'s content (``{"alphas", "metrics": {run: [rows]},
     "id_metric", "ood_metrics", "ece_metrics", ...}``), reused when unchanged."""
     from gmm_jax import wise_ft, wise_ft_report
-    from gmm_jax.demo_flow import PRETRAINED
+    from gmm_jax.demo_flow import PRETRAINED, data_identity
     alphas, ecfg = wise_ft_settings(config)
     out = fs.join(workdir, WISE_FT_DIR)
     reuse = not config.demo.wise_ft.reevaluate_ends and eval_dirs is not None
     fp = {"models": {n: model_key(markers[n]) for n in [PRETRAINED] + names},
           "alphas": alphas, "reuse_ends": reuse,
           "eval": json.loads(ecfg.eval.to_json_best_effort(sort_keys=True)),
-          "data": json.loads(ecfg.data.to_json_best_effort(sort_keys=True))}
+          "data": data_identity(ecfg.data, "train_split")}
     fp["eval"].pop("progress", None)
-    fp["data"].pop("train_split", None)
     cached = _cached(out, "wise_ft.json", fp)
     if cached is not None:
         return cached
@@ -204,10 +203,10 @@ def captioning_stage(config, workdir: str, stages: dict, markers: dict,
         clip_image_encoder,
         params_fingerprint,
     )
+    from gmm_jax.demo_flow import data_identity
     cfg, seeds, train_split, test_split = captioning_settings(config)
     out = fs.join(workdir, CAPTIONING_DIR)
-    data = json.loads(config.data.to_json_best_effort(sort_keys=True))
-    data.pop("train_split", None)
+    data = data_identity(config.data, "train_split")
     fp = {"models": {n: model_key(markers[n]) for n in names}, "seeds": seeds,
           "captioner": cfg.to_dict(), "splits": [train_split, test_split], "data": data}
     cached = _cached(out, "captioning.json", fp)

@@ -227,21 +227,26 @@ def fingerprint(cfg, drop=_NOT_TRAINING) -> str:
     d = json.loads(cfg.to_json_best_effort(sort_keys=True))
     for k in drop:
         d.pop(k, None)
-    data = d.get("data", {})
-    data.pop("eval_split", None)
-    data.pop("data_dir", None)
+    if "data" in d:
+        d["data"] = data_identity(d["data"], "eval_split")
     if d.get("init"):
         d["init"] = model_identity(d["init"])
-    _record_world(data)
     return json.dumps(d, sort_keys=True)
 
 
-def _record_world(data: dict) -> None:
-    """Add the demo dataset's version to a data config's dict (other datasets: as is), so
-    that a new version of the demo world is never served from caches of the old one."""
-    if data.get("name") == "demo":
+def data_identity(data, *unused: str) -> dict:
+    """What a stage's cache records of its data config (a ConfigDict or its dict), less the
+    ``unused`` keys: not ``data_dir`` (where TFDS data lives is not what it is: the same
+    data copied to a bucket is the same data) but, for the demo data, the dataset's version
+    (a new version of the demo world is never served from caches of the old one)."""
+    d = dict(data) if isinstance(data, dict) else json.loads(
+        data.to_json_best_effort(sort_keys=True))
+    for k in ("data_dir",) + unused:
+        d.pop(k, None)
+    if d.get("name") == "demo":
         from gmm_jax.data import demo as demo_data
-        data["demo_version"] = str(demo_data.GmmDemo.VERSION)
+        d["demo_version"] = str(demo_data.GmmDemo.VERSION)
+    return d
 
 
 def model_identity(init: str) -> str:
@@ -384,8 +389,7 @@ def evaluate_stage(ecfg, stage_dir: str, marker: dict, mesh, title: str) -> str:
     out = fs.join(stage_dir, "eval")
     fp = {"stage": hashlib.sha256(marker["fingerprint"].encode()).hexdigest()[:16],
           "step": marker["step"], "eval": json.loads(ecfg.eval.to_json_best_effort(sort_keys=True)),
-          "data": json.loads(ecfg.data.to_json_best_effort(sort_keys=True))}
-    fp["data"].pop("train_split", None)
+          "data": data_identity(ecfg.data, "train_split")}
     fp["eval"].pop("progress", None)
     if (_read_json(fs.join(out, EVAL_MARKER)) == fp
             and fs.exists(fs.join(out, "metrics.json"))):
@@ -402,9 +406,7 @@ def evaluate_model_dir(ecfg, model_dir: str, out: str, mesh, title: str) -> str:
     from gmm_jax import eval_lib, pretrained
     fp = {"model": model_identity(model_dir),
           "eval": json.loads(ecfg.eval.to_json_best_effort(sort_keys=True)),
-          "data": json.loads(ecfg.data.to_json_best_effort(sort_keys=True))}
-    _record_world(fp["data"])
-    fp["data"].pop("train_split", None)
+          "data": data_identity(ecfg.data, "train_split")}
     fp["eval"].pop("progress", None)
     if (_read_json(fs.join(out, EVAL_MARKER)) == fp
             and fs.exists(fs.join(out, "metrics.json"))):

@@ -130,6 +130,34 @@ def test_second_invocation_reuses_finished_stages(demo_run, capsys):
     assert f"Report: {os.path.join(workdir, 'demo_report.md')}" in text
 
 
+def test_data_moved_elsewhere_reuses_every_stage(demo_run, tmp_path, capsys):
+    """The same data at another path (a copy in a bucket, say) is the same data: training
+    stages, evaluations, WiSE-FT and captioning are all reused; the demo world's version
+    and every other data key still count."""
+    import copy
+    import shutil
+    config, workdir, out = demo_run
+    moved = copy.deepcopy(config)
+    moved.data.data_dir = str(tmp_path / "moved")
+    shutil.copytree(config.data.data_dir, moved.data.data_dir)
+    files = ["pretrain/eval/metrics.json", "ft/eval/metrics.json", "m2mix/eval/metrics.json",
+             "wise_ft/wise_ft.json", "captioning/captioning.json"]
+    before = {f: os.path.getmtime(os.path.join(workdir, f)) for f in files}
+    out2 = demo_flow.run(moved, workdir)
+    assert capsys.readouterr().out.count("reusing the finished run") == 3
+    assert {f: os.path.getmtime(os.path.join(workdir, f)) for f in files} == before
+    assert out2["runs"] == out["runs"]
+
+    ident = demo_flow.data_identity(config.data, "train_split")
+    assert ident == demo_flow.data_identity(moved.data, "train_split")
+    assert "data_dir" not in ident and "train_split" not in ident
+    from gmm_jax.data import demo as demo_data
+    assert ident["demo_version"] == str(demo_data.GmmDemo.VERSION)
+    other = copy.deepcopy(config.data)
+    other.eval_split = "shift_combo"
+    assert demo_flow.data_identity(other, "train_split") != ident
+
+
 def test_changed_training_config_is_refused_not_resumed(demo_run):
     config, workdir, _ = demo_run
     import copy
