@@ -89,15 +89,12 @@ def wise_ft_stage(config, workdir: str, stages: dict, markers: dict, names: list
     Returns ``wise_ft.json``'s content (``{"alphas", "metrics": {run: [rows]},
     "id_metric", "ood_metrics", "ece_metrics", ...}``), reused when unchanged."""
     from gmm_jax import wise_ft, wise_ft_report
-    from gmm_jax.demo_flow import PRETRAINED, data_identity
+    from gmm_jax.demo_flow import PRETRAINED, eval_record
     alphas, ecfg = wise_ft_settings(config)
     out = fs.join(workdir, WISE_FT_DIR)
     reuse = not config.demo.wise_ft.reevaluate_ends and eval_dirs is not None
     fp = {"models": {n: model_key(markers[n]) for n in [PRETRAINED] + names},
-          "alphas": alphas, "reuse_ends": reuse,
-          "eval": json.loads(ecfg.eval.to_json_best_effort(sort_keys=True)),
-          "data": data_identity(ecfg.data, "train_split")}
-    fp["eval"].pop("progress", None)
+          "alphas": alphas, "reuse_ends": reuse, **eval_record(ecfg)}
     cached = _cached(out, "wise_ft.json", fp)
     if cached is not None:
         return cached

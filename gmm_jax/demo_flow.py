@@ -381,40 +381,45 @@ def export_model(stage_dir: str, marker: dict) -> tuple[str, float]:
     return model_dir, float(math.exp(-info["logit_scale"]))
 
 
+def eval_record(ecfg) -> dict:
+    """What an evaluation cache records of an eval config: its eval settings (less the
+    progress bar) and its data (``data_identity``, less the training split)."""
+    ev = json.loads(ecfg.eval.to_json_best_effort(sort_keys=True))
+    ev.pop("progress", None)
+    return {"eval": ev, "data": data_identity(ecfg.data, "train_split")}
+
+
+def _evaluate_cached(ecfg, out: str, model_key: dict, load, mesh, title: str) -> str:
+    """Evaluate ``load()``'s ``(model, params, tokenizer)`` into ``out``, unless
+    ``demo_eval.json`` there records the same ``model_key`` and ``eval_record``."""
+    from gmm_jax import eval_lib
+    fp = {**model_key, **eval_record(ecfg)}
+    if (_read_json(fs.join(out, EVAL_MARKER)) == fp
+            and fs.exists(fs.join(out, "metrics.json"))):
+        return out
+    model, params, tok = load()
+    eval_lib.evaluate(model, params, tok, ecfg, out, mesh=mesh, title=title)
+    _write_json(fs.join(out, EVAL_MARKER), fp)
+    return out
+
+
 def evaluate_stage(ecfg, stage_dir: str, marker: dict, mesh, title: str) -> str:
     """Evaluate the finished run in ``stage_dir`` (its stage ``marker``) into
     ``stage_dir/eval``; reused when ``demo_eval.json`` records the same training config,
     checkpoint and eval settings."""
-    from gmm_jax import checkpointing, eval_lib
-    out = fs.join(stage_dir, "eval")
-    fp = {"stage": hashlib.sha256(marker["fingerprint"].encode()).hexdigest()[:16],
-          "step": marker["step"], "eval": json.loads(ecfg.eval.to_json_best_effort(sort_keys=True)),
-          "data": data_identity(ecfg.data, "train_split")}
-    fp["eval"].pop("progress", None)
-    if (_read_json(fs.join(out, EVAL_MARKER)) == fp
-            and fs.exists(fs.join(out, "metrics.json"))):
-        return out
-    model, params, tok, _, _ = checkpointing.load_run(stage_dir)
-    eval_lib.evaluate(model, params, tok, ecfg, out, mesh=mesh, title=title)
-    _write_json(fs.join(out, EVAL_MARKER), fp)
-    return out
+    from gmm_jax import checkpointing
+    key = {"stage": hashlib.sha256(marker["fingerprint"].encode()).hexdigest()[:16],
+           "step": marker["step"]}
+    return _evaluate_cached(ecfg, fs.join(stage_dir, "eval"), key,
+                            lambda: checkpointing.load_run(stage_dir)[:3], mesh, title)
 
 
 def evaluate_model_dir(ecfg, model_dir: str, out: str, mesh, title: str) -> str:
     """Evaluate a model directory (the shipped model) into ``out``; reused when
     ``demo_eval.json`` records the same model files, eval settings and demo world."""
-    from gmm_jax import eval_lib, pretrained
-    fp = {"model": model_identity(model_dir),
-          "eval": json.loads(ecfg.eval.to_json_best_effort(sort_keys=True)),
-          "data": data_identity(ecfg.data, "train_split")}
-    fp["eval"].pop("progress", None)
-    if (_read_json(fs.join(out, EVAL_MARKER)) == fp
-            and fs.exists(fs.join(out, "metrics.json"))):
-        return out
-    model, params, tok = pretrained.load_pretrained(model_dir)
-    eval_lib.evaluate(model, params, tok, ecfg, out, mesh=mesh, title=title)
-    _write_json(fs.join(out, EVAL_MARKER), fp)
-    return out
+    from gmm_jax import pretrained
+    return _evaluate_cached(ecfg, out, {"model": model_identity(model_dir)},
+                            lambda: pretrained.load_pretrained(model_dir), mesh, title)
 
 
 def shipped_pretrained(eval_dir: str) -> tuple[str, float, dict]:
