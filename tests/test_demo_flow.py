@@ -158,6 +158,30 @@ def test_data_moved_elsewhere_reuses_every_stage(demo_run, tmp_path, capsys):
     assert demo_flow.data_identity(other, "train_split") != ident
 
 
+def test_eval_record_keeps_every_eval_setting_but_the_progress_bar(demo_run):
+    """An evaluation is reused only for the same eval settings and data: the record is the
+    eval config (without ``progress``) and ``data_identity`` (without the training split)."""
+    import copy
+    config, _, _ = demo_run
+    ecfg = demo_flow.eval_config(config)
+    rec = demo_flow.eval_record(ecfg)
+    want = json.loads(ecfg.eval.to_json_best_effort(sort_keys=True))
+    want.pop("progress")
+    assert rec == {"eval": want, "data": demo_flow.data_identity(ecfg.data, "train_split")}
+    quiet = copy.deepcopy(ecfg)
+    quiet.eval.progress = not ecfg.eval.progress
+    quiet.data.train_split = "source_train"
+    assert demo_flow.eval_record(quiet) == rec
+    scalars = [k for k, v in want.items() if isinstance(v, (bool, int, float, str))]
+    assert len(scalars) >= 3, scalars
+    for key in scalars:  # any other eval setting changes the record
+        other = copy.deepcopy(ecfg)
+        v = other.eval[key]
+        other.eval[key] = (not v if isinstance(v, bool) else v + "x" if isinstance(v, str)
+                           else v + 1)
+        assert demo_flow.eval_record(other) != rec, key
+
+
 def test_changed_training_config_is_refused_not_resumed(demo_run):
     config, workdir, _ = demo_run
     import copy
